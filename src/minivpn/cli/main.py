@@ -1,0 +1,71 @@
+"""Entry point of the ``minivpn`` command.
+
+Each sub-command lives in its own module of this package and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the parsed
+:class:`argparse.Namespace` and returning an exit status.  This module only dispatches and maps
+errors to exit codes: a :class:`~minivpn.errors.MinivpnError` becomes one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from minivpn import __version__
+from minivpn.errors import MinivpnError
+
+#: Sub-command modules, in the order ``minivpn --help`` lists them.
+COMMAND_MODULES = ("tun", "dump")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full ``minivpn`` argument parser."""
+    parser = _Parser(
+        prog="minivpn",
+        description="A small, readable userspace VPN for Linux: TUN/TAP devices, tunnels, WireGuard.",
+    )
+    parser.add_argument("--version", action="version", version=f"minivpn {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (repeat for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"minivpn.cli.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line and return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,
+        format="minivpn: %(message)s",
+        stream=sys.stderr,
+    )
+    handler: Handler = args.func
+    try:
+        return handler(args)
+    except MinivpnError as exc:
+        print(f"minivpn: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
