@@ -1,0 +1,343 @@
+"""WireGuard keys: Curve25519 private and public keys, and the optional preshared key.
+
+Every WireGuard key is 32 bytes.  People and ``wg(8)`` write them in standard base64 (44
+characters ending in one ``=``: ``wg genkey``, ``wg pubkey``, config files); the userspace
+configuration protocol (UAPI) writes them in lowercase hex (64 characters).  Both encodings are
+accepted and produced here, strictly: a key that does not decode to exactly 32 bytes, or whose
+base64 is not the canonical encoding, raises :class:`~minivpn.wireguard.errors.InvalidKey`.
+
+Three details follow wireguard-go exactly, because ``wg`` users can see them:
+
+* **Clamping.**  An X25519 private key is a scalar whose three low bits are cleared and whose top
+  bit is 0 and next bit 1 (``k[0] &= 248; k[31] = (k[31] & 127) | 64``).  X25519 clamps
+  internally anyway, so this never changes the public key, but wireguard-go stores the clamped
+  form and ``wg show`` echoes it.  :class:`PrivateKey` therefore clamps whatever it is built from.
+* **All zeros means "no key".**  An all-zero private key (``private_key=000...`` over UAPI) is
+  wireguard-go's way of saying "unset"; it is kept unclamped so that it reads back as zeros.
+  Likewise an all-zero :class:`PresharedKey` means "no preshared key" (the handshake then mixes in
+  32 zero bytes, which is exactly what the protocol specifies).
+* **Low-order public keys.**  Seven encodings of Curve25519 points have an order dividing 8: a
+  Diffie-Hellman exchange with them yields 32 zero bytes whatever our private key is.  WireGuard
+  accepts such keys in its configuration but never sends anything to such a peer
+  (:meth:`PublicKey.is_low_order`, :meth:`PrivateKey.exchange`).
+
+Secret keys never show their value in ``repr()`` and compare in constant time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import os
+import re
+from typing import TYPE_CHECKING
+
+import attrs
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from minivpn.wireguard.errors import InvalidKey, LowOrderKey
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+#: Size in bytes of every WireGuard key.
+KEY_SIZE = 32
+
+_ZERO_KEY = bytes(KEY_SIZE)
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
+
+
+# --- text encodings shared by the three key types -------------------------------------------------
+
+
+def _check_key_bytes(value: bytes, what: str) -> bytes:
+    """Return ``value`` as :class:`bytes` if it is exactly 32 bytes long, else raise InvalidKey."""
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise InvalidKey(f"{what} must be 32 bytes, got {type(value).__name__}")
+    value = bytes(value)
+    if len(value) != KEY_SIZE:
+        raise InvalidKey(f"{what} must be 32 bytes, got {len(value)}")
+    return value
+
+
+def _decode_base64(text: str, what: str) -> bytes:
+    """Decode the canonical base64 of a 32-byte key, as ``wg`` writes it.
+
+    The error message never contains ``text`` itself: it may be a private key.
+    """
+    text = text.strip()
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidKey(
+            f"{what} must be 32 bytes of base64 (44 characters ending in '='), "
+            f"got {len(text)} characters that are not valid base64"
+        ) from None
+    # b64decode accepts a few non-canonical spellings (stray bits in the last character); wg does
+    # not, so neither do we: the text must be exactly what encoding the bytes gives back.
+    if len(raw) != KEY_SIZE or base64.b64encode(raw).decode("ascii") != text:
+        raise InvalidKey(
+            f"{what} must be 32 bytes of base64 (44 characters ending in '='), "
+            f"got {len(text)} characters decoding to {len(raw)} bytes"
+        )
+    return raw
+
+
+def _decode_hex(text: str, what: str) -> bytes:
+    """Decode the 64 hex digits of a 32-byte key, as UAPI writes it."""
+    text = text.strip()
+    if _HEX_KEY.fullmatch(text) is None:
+        raise InvalidKey(f"{what} must be 64 hexadecimal digits, got {len(text)} characters")
+    return bytes.fromhex(text)
+
+
+def _clamp(raw: bytes) -> bytes:
+    """Clamp an X25519 scalar the way wireguard-go does; all zeros ("no key") stays all zeros."""
+    if raw == _ZERO_KEY:
+        return raw
+    clamped = bytearray(raw)
+    clamped[0] &= 248
+    clamped[31] = (clamped[31] & 127) | 64
+    return bytes(clamped)
+
+
+def _clamped_private_bytes(value: bytes) -> bytes:
+    return _clamp(_check_key_bytes(value, "private key"))
+
+
+def _public_bytes(value: bytes) -> bytes:
+    return _check_key_bytes(value, "public key")
+
+
+def _preshared_bytes(value: bytes) -> bytes:
+    return _check_key_bytes(value, "preshared key")
+
+
+# A fixed scalar for the low-order test; any clamped scalar gives the same verdict.
+_LOW_ORDER_PROBE = X25519PrivateKey.from_private_bytes(_clamp(bytes(range(1, 33))))
+
+
+# --- public keys ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(repr=False)
+class PublicKey:
+    """A Curve25519 public key: a peer's identity.
+
+    Public keys are not secret: they compare and hash as plain bytes, print in base64, and serve
+    as dictionary keys for the peer table.
+
+    Attributes:
+        raw: the 32 key bytes.
+    """
+
+    raw: bytes = attrs.field(converter=_public_bytes)
+    _x25519: X25519PublicKey = attrs.field(init=False, eq=False, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        # The cryptography object is built once, here, because every handshake uses it.
+        object.__setattr__(self, "_x25519", X25519PublicKey.from_public_bytes(self.raw))
+
+    @classmethod
+    def from_base64(cls, text: str) -> PublicKey:
+        """Parse a public key written as ``wg pubkey`` prints it.
+
+        Raises:
+            InvalidKey: ``text`` is not the canonical base64 of 32 bytes.
+        """
+        return cls(_decode_base64(text, "public key"))
+
+    @classmethod
+    def from_hex(cls, text: str) -> PublicKey:
+        """Parse a public key written as 64 hex digits (UAPI).
+
+        Raises:
+            InvalidKey: ``text`` is not 64 hexadecimal digits.
+        """
+        return cls(_decode_hex(text, "public key"))
+
+    def to_base64(self) -> str:
+        """Return the key as ``wg`` prints it (44 characters)."""
+        return base64.b64encode(self.raw).decode("ascii")
+
+    def to_hex(self) -> str:
+        """Return the key as UAPI writes it (64 lowercase hex digits)."""
+        return self.raw.hex()
+
+    def is_low_order(self) -> bool:
+        """Tell whether this is a low-order point, with which every DH result is all zeros.
+
+        Every clamped scalar is a multiple of 8, so the result is the same for any private key;
+        we try one fixed scalar.
+        """
+        try:
+            _LOW_ORDER_PROBE.exchange(self._x25519)
+        except ValueError:  # cryptography refuses to return an all-zero shared secret
+            return True
+        return False
+
+    @property
+    def x25519(self) -> X25519PublicKey:
+        """The key as a ``cryptography`` object, for Diffie-Hellman."""
+        return self._x25519
+
+    def __repr__(self) -> str:
+        return f"PublicKey({self.to_base64()})"
+
+
+# --- private keys ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(eq=False, repr=False)
+class PrivateKey:
+    """A Curve25519 private key, clamped on construction (except all zeros, meaning "unset").
+
+    ``repr()`` shows the matching public key, never the private one.  Equality is constant-time.
+
+    Attributes:
+        raw: the 32 (clamped) key bytes.  Treat them as a secret.
+    """
+
+    raw: bytes = attrs.field(converter=_clamped_private_bytes)
+    _x25519: X25519PrivateKey = attrs.field(init=False)
+    _public: PublicKey = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        private = X25519PrivateKey.from_private_bytes(self.raw)
+        object.__setattr__(self, "_x25519", private)
+        object.__setattr__(self, "_public", PublicKey(private.public_key().public_bytes_raw()))
+
+    @classmethod
+    def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> PrivateKey:
+        """Create a new random private key, like ``wg genkey``.
+
+        Args:
+            rng: source of random bytes; tests may pass a deterministic one.
+        """
+        return cls(rng(KEY_SIZE))
+
+    @classmethod
+    def from_base64(cls, text: str) -> PrivateKey:
+        """Parse a private key written as ``wg genkey`` prints it, and clamp it.
+
+        Raises:
+            InvalidKey: ``text`` is not the canonical base64 of 32 bytes.
+        """
+        return cls(_decode_base64(text, "private key"))
+
+    @classmethod
+    def from_hex(cls, text: str) -> PrivateKey:
+        """Parse a private key written as 64 hex digits (UAPI), and clamp it.
+
+        Raises:
+            InvalidKey: ``text`` is not 64 hexadecimal digits.
+        """
+        return cls(_decode_hex(text, "private key"))
+
+    def to_base64(self) -> str:
+        """Return the key in base64, as ``wg showconf`` prints it.  It is a secret."""
+        return base64.b64encode(self.raw).decode("ascii")
+
+    def to_hex(self) -> str:
+        """Return the key as UAPI writes it (64 lowercase hex digits).  It is a secret."""
+        return self.raw.hex()
+
+    def is_zero(self) -> bool:
+        """Tell whether this is the all-zero key that means "no private key"."""
+        return hmac.compare_digest(self.raw, _ZERO_KEY)
+
+    def public_key(self) -> PublicKey:
+        """Return the matching public key, as ``wg pubkey`` computes it."""
+        return self._public
+
+    def exchange(self, peer: PublicKey) -> bytes:
+        """X25519 Diffie-Hellman: the 32-byte shared secret of this key and ``peer``.
+
+        Raises:
+            LowOrderKey: ``peer`` is a low-order point (the result would be all zeros).
+        """
+        try:
+            return self._x25519.exchange(peer.x25519)
+        except ValueError:
+            raise LowOrderKey(f"{peer} is a low-order point; it can never be used") from None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PrivateKey):
+            return NotImplemented
+        return hmac.compare_digest(self.raw, other.raw)
+
+    def __hash__(self) -> int:
+        return hash((PrivateKey, self.raw))
+
+    def __repr__(self) -> str:
+        if self.is_zero():
+            return "PrivateKey(<zero: no key>)"
+        return f"PrivateKey(<redacted>, public={self._public.to_base64()})"
+
+
+# --- preshared keys -------------------------------------------------------------------------------
+
+
+@attrs.frozen(eq=False, repr=False)
+class PresharedKey:
+    """An optional symmetric key mixed into the handshake (post-quantum "insurance").
+
+    All zeros means "none"; that is also the value the protocol mixes in when there is none.
+
+    Attributes:
+        raw: the 32 key bytes.  Treat them as a secret.
+    """
+
+    raw: bytes = attrs.field(converter=_preshared_bytes)
+
+    @classmethod
+    def zero(cls) -> PresharedKey:
+        """The all-zero key, meaning "no preshared key"."""
+        return cls(_ZERO_KEY)
+
+    @classmethod
+    def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> PresharedKey:
+        """Create a new random preshared key, like ``wg genpsk``."""
+        return cls(rng(KEY_SIZE))
+
+    @classmethod
+    def from_base64(cls, text: str) -> PresharedKey:
+        """Parse a preshared key written as ``wg genpsk`` prints it.
+
+        Raises:
+            InvalidKey: ``text`` is not the canonical base64 of 32 bytes.
+        """
+        return cls(_decode_base64(text, "preshared key"))
+
+    @classmethod
+    def from_hex(cls, text: str) -> PresharedKey:
+        """Parse a preshared key written as 64 hex digits (UAPI).
+
+        Raises:
+            InvalidKey: ``text`` is not 64 hexadecimal digits.
+        """
+        return cls(_decode_hex(text, "preshared key"))
+
+    def to_base64(self) -> str:
+        """Return the key in base64.  It is a secret."""
+        return base64.b64encode(self.raw).decode("ascii")
+
+    def to_hex(self) -> str:
+        """Return the key as UAPI writes it (64 lowercase hex digits).  It is a secret."""
+        return self.raw.hex()
+
+    def is_zero(self) -> bool:
+        """Tell whether this is the all-zero key that means "no preshared key"."""
+        return hmac.compare_digest(self.raw, _ZERO_KEY)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PresharedKey):
+            return NotImplemented
+        return hmac.compare_digest(self.raw, other.raw)
+
+    def __hash__(self) -> int:
+        return hash((PresharedKey, self.raw))
+
+    def __repr__(self) -> str:
+        return "PresharedKey(<zero: none>)" if self.is_zero() else "PresharedKey(<redacted>)"
