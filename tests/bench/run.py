@@ -1,0 +1,194 @@
+"""Throughput and latency benchmark: minivpn against the raw veth and wireguard-go.
+
+Run it with ``nox -s bench`` (root; it re-runs itself inside ``netns/isolate``) or directly as
+``netns/isolate python tests/bench/run.py [--rounds N] [--duration S] [PROGRAM ...]``.
+
+Method (the same as ``shared/bench/peers.sh``, so the figures compare): for every program two
+fresh namespaces joined by a veth pair (198.51.100.1/24 <-> .2/24), one tunnel end in each, inner
+addresses 10.99.N.1/24 and 10.99.N.2/24, tunnel MTU 1420.  All tunnels stay up; then ROUNDS rounds,
+the program order rotated each round, each one ``iperf3 -c <inner B> -t DURATION -J`` (client in A,
+server in B, TCP, one stream; optionally ``-P 4``) recording the receiver's Mbit/s, followed by
+``ping -c 20 -i 0.05`` A->B through the tunnel.  The table gives each program's median and its ratio
+to wireguard-go's median from the same run.  This is a benchmark, never a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from netns import Namespace, Topology  # noqa: E402
+
+MTU = 1420
+PORT = 51820
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError("timed out waiting for the tunnel to come up")
+
+
+def _link_exists(ns: Namespace, name: str) -> bool:
+    return ns.ip("link", "show", name, check=False).returncode == 0
+
+
+def _ping_ok(ns: Namespace, addr: str) -> bool:
+    return ns.run(["ping", "-c", "1", "-W", "1", addr], check=False).returncode == 0
+
+
+def minivpn_cmd() -> list[str]:
+    return [sys.executable, "-m", "minivpn"]
+
+
+class Setup:
+    """How to bring one program up between two namespaces; returns the inner address of B."""
+
+    def __init__(self, name: str, net: int, up: Callable[[Topology, Namespace, Namespace, int], str]):
+        self.name, self.net, self.up = name, net, up
+
+
+def setup_veth(topo: Topology, a: Namespace, b: Namespace, net: int) -> str:
+    return b.addr4
+
+
+def setup_wireguard_go(topo: Topology, a: Namespace, b: Namespace, net: int) -> str:
+    keys = {}
+    for side in "ab":
+        priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout
+        pub = subprocess.run(
+            ["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True
+        ).stdout
+        keys[side] = (priv.strip(), pub.strip())
+    for side, ns, other, peer_addr in (("a", a, "b", b.addr4), ("b", b, "a", a.addr4)):
+        dev = f"wgb{net}{side}"
+        ns.popen(["wireguard-go", "-f", dev], env={**os.environ, "LOG_LEVEL": "error"})
+        _wait_for(lambda ns=ns, dev=dev: _link_exists(ns, dev))
+        keyfile = Path(f"/run/bench-{dev}.key")
+        keyfile.write_text(keys[side][0] + "\n")
+        keyfile.chmod(0o600)
+        _wait_for(lambda dev=dev: Path(f"/var/run/wireguard/{dev}.sock").exists())
+        other_inner = f"10.99.{net}.{2 if side == 'a' else 1}/32"
+        ns.run(["wg", "set", dev, "private-key", str(keyfile), "listen-port", str(PORT),
+                "peer", keys[other][1], "allowed-ips", other_inner,
+                "endpoint", f"{peer_addr}:{PORT}"])
+        ns.ip("addr", "add", f"10.99.{net}.{1 if side == 'a' else 2}/24", "dev", dev)
+        ns.ip("link", "set", dev, "mtu", str(MTU), "up")
+    return f"10.99.{net}.2"
+
+
+def _setup_minivpn_tunnel(transport: str) -> Callable[[Topology, Namespace, Namespace, int], str]:
+    def setup(topo: Topology, a: Namespace, b: Namespace, net: int) -> str:
+        common = [f"--{transport}", "--mtu", str(MTU)]
+        b.popen([*minivpn_cmd(), "tunnel", f"mvt{net}b", "--listen", f":{PORT}",
+                 "--address", f"10.99.{net}.2/24", *common])
+        a.popen([*minivpn_cmd(), "tunnel", f"mvt{net}a", "--connect", f"{b.addr4}:{PORT}",
+                 "--address", f"10.99.{net}.1/24", *common])
+        return f"10.99.{net}.2"
+
+    return setup
+
+
+SETUPS = {
+    "veth": Setup("veth", 0, setup_veth),
+    "wireguard-go": Setup("wireguard-go", 1, setup_wireguard_go),
+    "minivpn-tunnel-udp": Setup("minivpn-tunnel-udp", 2, _setup_minivpn_tunnel("udp")),
+    "minivpn-tunnel-tcp": Setup("minivpn-tunnel-tcp", 3, _setup_minivpn_tunnel("tcp")),
+}
+
+
+def iperf(a: Namespace, b: Namespace, dst: str, duration: int, streams: int) -> float:
+    server = b.popen(["iperf3", "-s", "-1", "-B", dst])
+    try:
+        _wait_for(lambda: _port_open(b, 5201), timeout=10)
+        out = a.run(
+            ["iperf3", "-c", dst, "-t", str(duration), "-P", str(streams), "-J"],
+            check=False, timeout=duration + 30,
+        )
+        data = json.loads(out.stdout)
+        if "error" in data:
+            raise RuntimeError(data["error"])
+        return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
+    finally:
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.terminate()
+            server.wait(timeout=5)
+
+
+def _port_open(ns: Namespace, port: int) -> bool:
+    out = ns.run(["ss", "-Htln", f"sport = :{port}"], check=False).stdout
+    return bool(out.strip())
+
+
+def ping_rtt(a: Namespace, dst: str) -> float:
+    out = a.run(["ping", "-c", "20", "-i", "0.05", "-q", dst], check=False).stdout
+    m = re.search(r"= [\d.]+/([\d.]+)/", out)
+    return float(m.group(1)) if m else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("programs", nargs="*", default=list(SETUPS))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--streams", type=int, default=1)
+    args = parser.parse_args()
+    if os.environ.get("MINIVPN_ISOLATED") != "1":
+        os.execvp(str(ROOT / "netns/isolate"), [str(ROOT / "netns/isolate"), sys.executable, *sys.argv])
+    for tool in ("iperf3", "ping", "ss") + (("wireguard-go", "wg") if "wireguard-go" in args.programs else ()):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is not installed")
+    programs = [p for p in args.programs if p in SETUPS]
+    if "wireguard-go" not in programs:
+        programs.insert(0, "wireguard-go")
+    results: dict[str, list[float]] = {p: [] for p in programs}
+    rtts: dict[str, list[float]] = {p: [] for p in programs}
+    with Topology("bn") as topo:
+        ends = {}
+        for name in programs:
+            setup = SETUPS[name]
+            a, b = topo.pair(subnet=100 + setup.net)
+            dst = setup.up(topo, a, b, setup.net)
+            _wait_for(lambda a=a, dst=dst: _ping_ok(a, dst), timeout=20)
+            ends[name] = (a, b, dst)
+            print(f"bench: {name} up", file=sys.stderr)
+        for r in range(args.rounds):
+            order = programs[r % len(programs):] + programs[: r % len(programs)]
+            for name in order:
+                a, b, dst = ends[name]
+                mbit = iperf(a, b, dst, args.duration, args.streams)
+                rtt = ping_rtt(a, dst)
+                results[name].append(mbit)
+                rtts[name].append(rtt)
+                print(f"bench: round {r + 1} {name}: {mbit:.0f} Mbit/s, ping {rtt:.3f} ms",
+                      file=sys.stderr)
+    ref = statistics.median(results["wireguard-go"])
+    print(f"\n| program | min | median | max | ratio to wireguard-go | ping avg ms (median) |")
+    print("|---|---|---|---|---|---|")
+    for name in programs:
+        vals = results[name]
+        med = statistics.median(vals)
+        print(f"| {name} | {min(vals):.0f} | {med:.0f} | {max(vals):.0f} | {med / ref:.2f} "
+              f"| {statistics.median(rtts[name]):.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
