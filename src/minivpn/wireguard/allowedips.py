@@ -1,0 +1,208 @@
+"""Allowed IPs: WireGuard's cryptokey routing table.
+
+Each peer owns a set of IP prefixes.  The table answers two questions on every packet:
+
+* sending: which peer does the packet to *destination* go to?  (no peer: drop it)
+* receiving: is the decrypted packet's *source* inside the prefixes of the peer that sent it?
+  (if not, drop it: a peer may only speak for the addresses it was given)
+
+Both are longest-prefix matches, and a prefix belongs to exactly one peer: inserting a prefix
+that another peer owns *moves* it.  That is how ``wg set wg0 peer B allowed-ips 10.0.0.0/24``
+takes a subnet away from peer A (wireguard-go ``device/allowedips.go``; the kernel's netns
+self-test relies on it).
+
+How lookups work here
+---------------------
+wireguard-go and the kernel use a binary trie per address family.  In Python, walking a trie
+costs an attribute lookup and a branch per node, up to 32 (IPv4) or 128 (IPv6) of them.  This
+module uses a layout that is faster in Python and simpler to read: per family, one ``dict`` per
+prefix length in use, mapping ``address >> (width - length)`` (the network bits of the address)
+to the peer.  A lookup turns the packet's address into an ``int`` once and probes those dicts
+from the longest prefix length to the shortest; the first hit is the longest match.  Its cost is
+one dict probe per *distinct prefix length in use*, which in real configurations is a handful
+(say /32, /24 and /0), and never more than 33 or 129.  Insertion and removal are a dict operation
+plus, when a prefix length appears or disappears, rebuilding the short list of lengths.
+
+For ``wg show`` and UAPI ``get``, every peer's prefixes are also kept in insertion order (an
+ordered dict per peer), as wireguard-go keeps a per-peer list: re-inserting a prefix moves it to
+the end of its owner's list, and moving it to another peer appends it there.
+
+Peers are arbitrary objects compared by identity (``is``), so the table is generic over the
+peer type; ``None`` cannot be a peer, since :meth:`AllowedIPs.lookup` uses it for "no match".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Generic, TypeAlias, TypeVar
+
+from minivpn.wireguard.errors import WireGuardError
+
+__all__ = ["AllowedIPs", "InvalidNetwork", "Network"]
+
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+PeerT = TypeVar("PeerT")
+
+#: The key of one prefix: (address length in bytes, prefix length, network bits).
+_PrefixKey: TypeAlias = tuple[int, int, int]
+
+
+class InvalidNetwork(WireGuardError):
+    """A prefix given as text is not an IPv4 or IPv6 network in CIDR notation."""
+
+
+def _as_network(network: Network | str) -> Network:
+    """*network* as an ``IPv4Network``/``IPv6Network`` with its host bits cleared."""
+    if isinstance(network, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return network  # network objects never have host bits set
+    try:
+        return ipaddress.ip_network(network, strict=False)
+    except ValueError as exc:
+        raise InvalidNetwork(f"not an IP network in CIDR notation: {network!r}") from exc
+
+
+class _Family(Generic[PeerT]):
+    """The prefixes of one address family (IPv4 or IPv6)."""
+
+    __slots__ = ("by_length", "search_order", "width")
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        #: prefix length -> {network bits: peer}
+        self.by_length: dict[int, dict[int, PeerT]] = {}
+        #: (shift, table) for every prefix length in use, longest prefix first: the lookup
+        #: shifts the address right by ``shift`` to keep only that many leading bits.
+        self.search_order: tuple[tuple[int, dict[int, PeerT]], ...] = ()
+
+    def rebuild_search_order(self) -> None:
+        self.search_order = tuple(
+            (self.width - length, self.by_length[length])
+            for length in sorted(self.by_length, reverse=True)
+        )
+
+
+class AllowedIPs(Generic[PeerT]):
+    """Longest-prefix-match table from IPv4/IPv6 prefixes to peers.
+
+    Example::
+
+        table: AllowedIPs[Peer] = AllowedIPs()
+        table.insert("10.0.0.0/24", alice)
+        table.insert("10.0.0.7/32", bob)
+        table.lookup(bytes([10, 0, 0, 7]))   # bob
+        table.lookup(bytes([10, 0, 0, 8]))   # alice
+    """
+
+    def __init__(self) -> None:
+        self._v4: _Family[PeerT] = _Family(32)
+        self._v6: _Family[PeerT] = _Family(128)
+        #: Address length in bytes -> family, for lookup().
+        self._by_address_length = {4: self._v4, 16: self._v6}
+        #: id(peer) -> that peer's prefixes in insertion order.  The ids stay valid because the
+        #: tables hold a reference to every peer that has an entry here.
+        self._entries: dict[int, dict[_PrefixKey, Network]] = {}
+
+    def _key(self, network: Network) -> tuple[_Family[PeerT], _PrefixKey]:
+        family = self._v4 if network.version == 4 else self._v6
+        length = network.prefixlen
+        bits = int(network.network_address) >> (family.width - length)
+        return family, (family.width // 8, length, bits)
+
+    def insert(self, network: Network | str, peer: PeerT) -> Network:
+        """Make *peer* the owner of *network*, taking it from its previous owner if any.
+
+        Args:
+            network: the prefix; host bits are cleared (``10.0.0.7/24`` means ``10.0.0.0/24``).
+            peer: the new owner.
+
+        Returns:
+            The prefix as stored, with host bits cleared.
+
+        Raises:
+            InvalidNetwork: *network* is a string that is not a prefix.
+        """
+        network = _as_network(network)
+        family, key = self._key(network)
+        _, length, bits = key
+        table = family.by_length.get(length)
+        if table is None:
+            table = family.by_length[length] = {}
+            family.rebuild_search_order()
+        previous = table.get(bits)
+        if previous is not None:
+            self._forget(previous, key)
+        table[bits] = peer
+        # Appending to a dict puts the prefix last in its owner's list, like wireguard-go.
+        self._entries.setdefault(id(peer), {})[key] = network
+        return network
+
+    def remove(self, network: Network | str, peer: PeerT) -> bool:
+        """Remove *network* if, and only if, *peer* owns it.
+
+        Returns:
+            True if the prefix was removed.
+
+        Raises:
+            InvalidNetwork: *network* is a string that is not a prefix.
+        """
+        network = _as_network(network)
+        family, key = self._key(network)
+        _, length, bits = key
+        table = family.by_length.get(length)
+        if table is None or table.get(bits) is not peer:
+            return False
+        self._drop(family, length, bits)
+        self._forget(peer, key)
+        return True
+
+    def remove_by_peer(self, peer: PeerT) -> None:
+        """Remove every prefix *peer* owns."""
+        for address_length, length, bits in self._entries.pop(id(peer), {}):
+            family = self._v4 if address_length == 4 else self._v6
+            self._drop(family, length, bits)
+
+    def entries_for_peer(self, peer: PeerT) -> list[Network]:
+        """The prefixes *peer* owns, in the order they were (last) inserted."""
+        return list(self._entries.get(id(peer), {}).values())
+
+    def lookup(self, address: bytes) -> PeerT | None:
+        """The peer owning the longest prefix that contains *address*.
+
+        This is on the per-packet path (destination of every outgoing packet, source of every
+        incoming one), so it takes the raw address bytes straight out of the IP header.
+
+        Args:
+            address: 4 bytes (IPv4) or 16 bytes (IPv6), network byte order.
+
+        Returns:
+            The peer, or None if no prefix matches (or *address* has another length).
+        """
+        family = self._by_address_length.get(len(address))
+        if family is None:
+            return None
+        value = int.from_bytes(address, "big")
+        for shift, table in family.search_order:
+            peer = table.get(value >> shift)
+            if peer is not None:
+                return peer
+        return None
+
+    def __len__(self) -> int:
+        """The number of prefixes in the table."""
+        return sum(len(entries) for entries in self._entries.values())
+
+    def _drop(self, family: _Family[PeerT], length: int, bits: int) -> None:
+        """Delete one prefix from a family's tables (not from the per-peer lists)."""
+        table = family.by_length[length]
+        del table[bits]
+        if not table:
+            del family.by_length[length]
+            family.rebuild_search_order()
+
+    def _forget(self, peer: PeerT, key: _PrefixKey) -> None:
+        """Delete one prefix from *peer*'s list (not from the family's tables)."""
+        entries = self._entries[id(peer)]
+        del entries[key]
+        if not entries:
+            del self._entries[id(peer)]

@@ -1,0 +1,788 @@
+"""The cross-platform userspace API (UAPI): how ``wg`` talks to a userspace WireGuard.
+
+A userspace implementation listens on a UNIX stream socket, ``/var/run/wireguard/<iface>.sock``.
+``wg`` connects and sends text operations; the daemon answers each one.  This module is the
+sans-IO half of both ends: it turns request bytes into events and responses into bytes, exactly
+as wireguard-go does (``device/uapi.go``; the protocol is described at
+https://www.wireguard.com/xplatform/).  The socket itself belongs to the runtime.
+
+Operations (several may share one connection, one after the other)::
+
+    get=1\\n\\n                          ->  key=value lines ... errno=0\\n\\n
+    set=1\\n key=value\\n ... \\n          ->  errno=<0 or -errno>\\n\\n
+    anything else                      ->  the daemon closes the connection, no answer
+
+A ``set`` has a device part, then one part per peer, each starting with ``public_key=``:
+
+* device keys: ``private_key=<64 hex>`` (all zeros clears it), ``listen_port=<0..65535>``,
+  ``fwmark=<0..2**32-1>`` (0: none), ``replace_peers=true``;
+* peer keys, after ``public_key=<64 hex>``: ``update_only=true``, ``remove=true``,
+  ``preshared_key=<64 hex>``, ``endpoint=<ipv4>:<port>`` or ``endpoint=[<ipv6>]:<port>``,
+  ``persistent_keepalive_interval=<0..65535>``, ``replace_allowed_ips=true``,
+  ``allowed_ip=<cidr>`` (``allowed_ip=-<cidr>`` removes it; wireguard-go understands that
+  since 0.0.20250515, older versions answer -EINVAL), ``protocol_version=1``.
+
+Errors, with the errno values wireguard-go answers (checked against it by
+``tests/netns/test_uapi_reference.py``):
+
+* a line without ``=``: ``-EPROTO`` (-71);
+* an unknown key (device keys are unknown after the first ``public_key=``), or a value that does
+  not parse (``listen_port=abc``, a key that is not 64 hex digits, ``replace_peers=yes``...):
+  ``-EINVAL`` (-22);
+* a ``get=1`` line followed by anything but an empty line: ``-EINVAL``;
+* a line longer than 64 KiB inside a ``set``: ``-EIO`` (-5); this parser then closes the
+  connection (wireguard-go would read on from the middle of that line, to the same end);
+* failures while *applying* (rebinding the port: ``-EADDRINUSE``, -98) are the runtime's.
+
+**What is applied when a set fails midway.**  wireguard-go applies each line as it reads it and
+stops at the first bad one: everything before that line stays applied, nothing after it is, and
+the answer carries the errno.  :class:`SetRequest` therefore holds what came *before* the bad
+line, plus the errno; the runtime applies it and answers ``format_errno(request.errno)``.  The
+rest of the failed request (up to its blank line) is skipped.  wireguard-go skips it too in
+practice, because its line scanner has already read it into its buffer; if the rest arrived
+later, wireguard-go would read those lines as operations and close the connection.
+
+**Normalisation.**  Rather than a list of line-by-line actions, a :class:`PeerSet` says what the
+lines amount to, which is what a runtime needs.  For every request ``wg`` sends it is the same
+thing; it differs from wireguard-go only for odd orders that ``wg`` never produces:
+
+* ``remove=true`` removes the peer; the peer's other lines (before or after) are checked but
+  ignored (wireguard-go applies the earlier ones to a peer it then removes);
+* ``update_only=true`` anywhere in a peer's lines means "only if the peer already exists"
+  (wireguard-go creates the peer and removes it again at that line);
+* ``replace_allowed_ips=true`` forgets the ``allowed_ip`` lines before it in the same part
+  (wireguard-go inserts and then removes them, which also takes those prefixes away from any
+  other peer that had them).
+
+wireguard-go also loses pipelined operations that arrive in the same read as the end of a
+``set`` (its line scanner reads ahead); this parser keeps them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import TYPE_CHECKING, TypeAlias
+
+import attrs
+
+from minivpn.wireguard.errors import InvalidKey, WireGuardError
+from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+__all__ = [
+    "EADDRINUSE",
+    "EINVAL",
+    "EIO",
+    "EPROTO",
+    "AllowedIPChange",
+    "CloseConnection",
+    "DeviceSet",
+    "DeviceSnapshot",
+    "GetRequest",
+    "PeerSet",
+    "PeerSnapshot",
+    "RequestError",
+    "SetRequest",
+    "UapiError",
+    "UapiEvent",
+    "UapiRequestParser",
+    "format_allowed_ip",
+    "format_endpoint",
+    "format_errno",
+    "format_get_response",
+    "format_set_request",
+    "parse_get_response",
+]
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: An endpoint as a (address, port) pair; IPv6 addresses may carry a ``%zone``.
+AddrPort: TypeAlias = tuple[IPAddress, int]
+
+# Negative errno values, as wireguard-go answers them (Linux numbers; ipc/uapi_unix.go).
+EIO = -5
+EINVAL = -22
+EPROTO = -71
+EADDRINUSE = -98
+
+#: wireguard-go reads set lines with bufio.Scanner, whose longest line is 64 KiB.
+MAX_LINE = 64 * 1024
+
+_ZERO_HEX = "0" * 64
+
+
+class UapiError(WireGuardError):
+    """A UAPI exchange failed: a malformed response, or a non-zero errno from the daemon.
+
+    Attributes:
+        errno: the (negative) errno the daemon answered or would answer, e.g. :data:`EINVAL`.
+    """
+
+    def __init__(self, message: str, errno: int = EPROTO) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+# --- values: parsed exactly as Go's strconv and net/netip parse them ----------------------------
+
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _parse_uint(value: str, bits: int, what: str) -> int:
+    """Go's ``strconv.ParseUint(value, 10, bits)``: ASCII digits only, no sign, in range."""
+    if len(value) > 40 or not _DIGITS.fullmatch(value) or int(value) >= 1 << bits:
+        raise UapiError(f"invalid {what}: {value[:40]!r}", EINVAL)
+    return int(value)
+
+
+def _parse_hex_key(value: str, what: str) -> bytes:
+    """wireguard-go's ``loadExactHex``: exactly 64 hex digits (either case).  Never echoed."""
+    if not _HEX_KEY.fullmatch(value):
+        raise UapiError(f"invalid {what}: not 64 hexadecimal digits", EINVAL)
+    return bytes.fromhex(value)
+
+
+def _parse_true(value: str, what: str) -> bool:
+    if value != "true":
+        raise UapiError(f"invalid {what}: only 'true' is allowed, got {value[:40]!r}", EINVAL)
+    return True
+
+
+def _parse_addr(text: str) -> IPAddress:
+    """Go's ``netip.ParseAddr``: a dotted-quad IPv4 address, or an IPv6 address with a zone."""
+    try:
+        if ":" in text:
+            return ipaddress.IPv6Address(text)
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        raise UapiError(f"invalid IP address: {text[:60]!r}", EINVAL) from None
+
+
+def _parse_endpoint(value: str) -> AddrPort:
+    """Go's ``netip.ParseAddrPort``: ``1.2.3.4:5`` or ``[fd00::1]:5`` (port 0 allowed)."""
+    host, colon, port_text = value.rpartition(":")
+    if not colon or not host or not port_text:
+        raise UapiError(f"invalid endpoint: {value[:80]!r}", EINVAL)
+    bracketed = host.startswith("[")
+    if bracketed:
+        if len(host) < 2 or not host.endswith("]"):
+            raise UapiError(f"invalid endpoint: {value[:80]!r}", EINVAL)
+        host = host[1:-1]
+    port = _parse_uint(port_text, 16, "endpoint port")
+    address = _parse_addr(host)
+    if bracketed != (address.version == 6):
+        raise UapiError(f"invalid endpoint: {value[:80]!r}: brackets go with IPv6", EINVAL)
+    return address, port
+
+
+def _parse_prefix(value: str) -> IPNetwork:
+    """Go's ``netip.ParsePrefix`` (Go >= 1.22 rules), then the host bits cleared as on insert.
+
+    The prefix length is decimal without a sign or leading zeros, and there may be no zone.
+    """
+    address_text, slash, bits_text = value.rpartition("/")
+    if not slash:
+        raise UapiError(f"invalid allowed_ip: {value[:60]!r}: no '/'", EINVAL)
+    address = _parse_addr(address_text)
+    if getattr(address, "scope_id", None) is not None:
+        raise UapiError(f"invalid allowed_ip: {value[:60]!r}: zones are not allowed", EINVAL)
+    if (
+        not _DIGITS.fullmatch(bits_text)
+        or (len(bits_text) > 1 and bits_text[0] == "0")
+        or int(bits_text[:4]) > address.max_prefixlen
+    ):
+        raise UapiError(f"invalid allowed_ip: {value[:60]!r}: bad prefix length", EINVAL)
+    return ipaddress.ip_network((address, int(bits_text)), strict=False)
+
+
+def format_endpoint(address: IPAddress, port: int) -> str:
+    """Write an endpoint as Go's ``netip.AddrPort.String`` does (``wg show`` reads it).
+
+    IPv4 is ``1.2.3.4:51820``; IPv6 is bracketed, ``[fd00::1%eth0]:51820``, and an IPv4-mapped
+    address keeps its dotted tail, ``[::ffff:1.2.3.4]:51820``.
+    """
+    if isinstance(address, ipaddress.IPv4Address):
+        return f"{address}:{port}"
+    return f"[{_format_ipv6(address)}]:{port}"
+
+
+def format_allowed_ip(network: IPNetwork) -> str:
+    """Write a prefix as Go's ``netip.Prefix.String`` does: ``10.0.0.0/8``, ``fd00::/8``."""
+    if isinstance(network, ipaddress.IPv4Network):
+        return str(network)
+    return f"{_format_ipv6(network.network_address)}/{network.prefixlen}"
+
+
+def _format_ipv6(address: ipaddress.IPv6Address) -> str:
+    mapped = address.ipv4_mapped
+    zone = f"%{address.scope_id}" if address.scope_id else ""
+    if mapped is not None:
+        return f"::ffff:{mapped}{zone}"
+    return str(address)
+
+
+# --- set requests ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class AllowedIPChange:
+    """One ``allowed_ip=`` line: add a prefix to the peer, or (with ``-``) remove it.
+
+    Attributes:
+        network: the prefix, host bits cleared.
+        remove: True for ``allowed_ip=-<cidr>``: remove it, if this peer owns it.
+    """
+
+    network: IPNetwork
+    remove: bool = False
+
+
+@attrs.frozen
+class DeviceSet:
+    """The device part of a ``set=1`` request; None/False means "leave as is".
+
+    Attributes:
+        private_key: the new private key; an all-zero key (``key.is_zero()``) clears it.
+        listen_port: the new port (0: any); the runtime rebinds, answering
+            :data:`EADDRINUSE` if that fails.
+        fwmark: the new firewall mark (0: none).
+        replace_peers: remove every peer before applying the peer parts.
+    """
+
+    private_key: PrivateKey | None = None
+    listen_port: int | None = None
+    fwmark: int | None = None
+    replace_peers: bool = False
+
+
+def _changes(values: Iterable[AllowedIPChange]) -> tuple[AllowedIPChange, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class PeerSet:
+    """One peer part of a ``set=1`` request, in the form a runtime applies it.
+
+    Apply as: if :attr:`remove`, remove the peer (if it exists) and stop.  Otherwise, if the
+    peer does not exist, create it, unless :attr:`update_only` (then skip this part).  Then, if
+    :attr:`replace_allowed_ips`, remove all its allowed IPs; set the preshared key, endpoint and
+    keepalive given; apply :attr:`allowed_ips` in order.  A part whose public key is the
+    device's own public key (at that moment) is ignored, as wireguard-go does.
+
+    Attributes:
+        public_key: selects (or creates) the peer.
+        remove: ``remove=true``.
+        update_only: ``update_only=true``: never create the peer.
+        preshared_key: ``preshared_key=``; all zeros means "no preshared key".
+        endpoint: ``endpoint=``, as (address, port).
+        persistent_keepalive_interval: ``persistent_keepalive_interval=`` in seconds (0: off).
+            Turning it on (from 0) sends a keepalive at once.
+        replace_allowed_ips: ``replace_allowed_ips=true``.
+        allowed_ips: the ``allowed_ip=`` lines, in order.
+    """
+
+    public_key: PublicKey
+    remove: bool = False
+    update_only: bool = False
+    preshared_key: PresharedKey | None = None
+    endpoint: AddrPort | None = None
+    persistent_keepalive_interval: int | None = None
+    replace_allowed_ips: bool = False
+    allowed_ips: tuple[AllowedIPChange, ...] = attrs.field(default=(), converter=_changes)
+
+
+def _peer_sets(values: Iterable[PeerSet]) -> tuple[PeerSet, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class GetRequest:
+    """``get=1``: answer with :func:`format_get_response`."""
+
+
+@attrs.frozen
+class SetRequest:
+    """``set=1``: apply :attr:`device`, then each of :attr:`peers` in order, then answer
+    ``format_errno(errno)`` (or the errno of a failure while applying, stopping there).
+
+    Attributes:
+        device: the device part.
+        peers: the peer parts, in order.
+        errno: 0, or the negative errno of the line that ended the request early; device and
+            peers then hold what came before that line (wireguard-go has applied it).
+        message: what was wrong, for the log; never contains key material.
+    """
+
+    device: DeviceSet = attrs.field(factory=DeviceSet)
+    peers: tuple[PeerSet, ...] = attrs.field(default=(), converter=_peer_sets)
+    errno: int = 0
+    message: str = attrs.field(default="", eq=False)
+
+
+@attrs.frozen
+class RequestError:
+    """A malformed request that gets an answer and keeps the connection: answer
+    ``format_errno(errno)`` and read on.
+
+    Attributes:
+        errno: the negative errno to answer.
+        message: what was wrong, for the log.
+    """
+
+    errno: int
+    message: str = attrs.field(default="", eq=False)
+
+
+@attrs.frozen
+class CloseConnection:
+    """The peer sent something that is not an operation: close without answering.
+
+    Attributes:
+        reason: why, for the log.
+    """
+
+    reason: str
+
+
+UapiEvent: TypeAlias = GetRequest | SetRequest | RequestError | CloseConnection
+
+
+@attrs.define
+class _PeerDraft:
+    """A peer part being read (mutable until the part ends)."""
+
+    public_key: PublicKey
+    remove: bool = False
+    update_only: bool = False
+    preshared_key: PresharedKey | None = None
+    endpoint: AddrPort | None = None
+    persistent_keepalive_interval: int | None = None
+    replace_allowed_ips: bool = False
+    allowed_ips: list[AllowedIPChange] = attrs.field(factory=list)
+
+    def freeze(self) -> PeerSet:
+        if self.remove:
+            return PeerSet(self.public_key, remove=True)
+        return PeerSet(
+            self.public_key,
+            update_only=self.update_only,
+            preshared_key=self.preshared_key,
+            endpoint=self.endpoint,
+            persistent_keepalive_interval=self.persistent_keepalive_interval,
+            replace_allowed_ips=self.replace_allowed_ips,
+            allowed_ips=self.allowed_ips,
+        )
+
+
+class _SetDraft:
+    """A ``set=1`` request being read, line by line."""
+
+    def __init__(self) -> None:
+        self.device: dict[str, object] = {}
+        self.peers: list[PeerSet] = []
+        self.peer: _PeerDraft | None = None
+
+    def finish(self, errno: int = 0, message: str = "") -> SetRequest:
+        if self.peer is not None:
+            self.peers.append(self.peer.freeze())
+            self.peer = None
+        device = DeviceSet(**self.device)  # type: ignore[arg-type]
+        return SetRequest(device, self.peers, errno, message)
+
+    def line(self, line: str) -> None:
+        """Apply one ``key=value`` line.
+
+        Raises:
+            UapiError: the line is malformed; its errno is the answer.
+        """
+        key, equals, value = line.partition("=")
+        if not equals:
+            raise UapiError("line without '='", EPROTO)
+        if key == "public_key":
+            public_key = PublicKey(_parse_hex_key(value, "public_key"))
+            if self.peer is not None:
+                self.peers.append(self.peer.freeze())
+            self.peer = _PeerDraft(public_key)
+        elif self.peer is None:
+            self.device_line(key, value)
+        else:
+            self.peer_line(self.peer, key, value)
+
+    def device_line(self, key: str, value: str) -> None:
+        if key == "private_key":
+            # PrivateKey clamps, except the all-zero key ("clear"), exactly as wireguard-go.
+            self.device["private_key"] = PrivateKey(_parse_hex_key(value, "private_key"))
+        elif key == "listen_port":
+            self.device["listen_port"] = _parse_uint(value, 16, "listen_port")
+        elif key == "fwmark":
+            self.device["fwmark"] = _parse_uint(value, 32, "fwmark")
+        elif key == "replace_peers":
+            self.device["replace_peers"] = _parse_true(value, "replace_peers")
+        else:
+            raise UapiError(f"invalid device key: {key[:40]!r}", EINVAL)
+
+    @staticmethod
+    def peer_line(peer: _PeerDraft, key: str, value: str) -> None:
+        if key == "update_only":
+            peer.update_only = _parse_true(value, "update_only")
+        elif key == "remove":
+            peer.remove = _parse_true(value, "remove")
+        elif key == "preshared_key":
+            peer.preshared_key = PresharedKey(_parse_hex_key(value, "preshared_key"))
+        elif key == "endpoint":
+            peer.endpoint = _parse_endpoint(value)
+        elif key == "persistent_keepalive_interval":
+            peer.persistent_keepalive_interval = _parse_uint(
+                value, 16, "persistent_keepalive_interval"
+            )
+        elif key == "replace_allowed_ips":
+            peer.replace_allowed_ips = _parse_true(value, "replace_allowed_ips")
+            peer.allowed_ips.clear()
+        elif key == "allowed_ip":
+            remove = value.startswith("-")
+            network = _parse_prefix(value[1:] if remove else value)
+            peer.allowed_ips.append(AllowedIPChange(network, remove))
+        elif key == "protocol_version":
+            if value != "1":
+                raise UapiError(f"invalid protocol_version: {value[:40]!r}", EINVAL)
+        else:
+            raise UapiError(f"invalid peer key: {key[:40]!r}", EINVAL)
+
+
+class UapiRequestParser:
+    """Turns the bytes a UAPI client sends into request events.  Sans-IO; one per connection.
+
+    Example (the runtime's loop)::
+
+        parser = UapiRequestParser()
+        while not parser.closed:
+            data = await stream.receive_some()
+            for event in parser.feed_eof() if not data else parser.feed(data):
+                if isinstance(event, GetRequest):
+                    await stream.send_all(format_get_response(device.snapshot()))
+                elif isinstance(event, SetRequest):
+                    await stream.send_all(format_errno(device.apply(event)))
+                elif isinstance(event, RequestError):
+                    await stream.send_all(format_errno(event.errno))
+                else:  # CloseConnection
+                    break
+
+    Malformed input never raises: it becomes an event with an errno, or
+    :class:`CloseConnection`.
+    """
+
+    _OPERATION = "operation"
+    _GET_END = "get-end"
+    _SET = "set"
+    _SKIP = "skip"  # the rest of a failed set, up to its blank line
+    _CLOSED = "closed"
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        #: How much of the buffer is known to hold no newline, so that a line trickling in
+        #: byte by byte is not rescanned from its start each time.
+        self._scanned = 0
+        self._state = self._OPERATION
+        self._set: _SetDraft | None = None
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection must be closed (after :class:`CloseConnection` or EOF)."""
+        return self._state == self._CLOSED
+
+    def feed(self, data: bytes) -> list[UapiEvent]:
+        """Take more bytes from the client; return the events they complete, in order."""
+        if self._state == self._CLOSED:
+            return []
+        self._buffer += data
+        events: list[UapiEvent] = []
+        while self._state != self._CLOSED:
+            if self._state == self._GET_END:
+                if not self._buffer:
+                    break
+                next_byte = self._buffer[0]
+                del self._buffer[0]
+                self._scanned = 0
+                self._state = self._OPERATION
+                if next_byte == 0x0A:
+                    events.append(GetRequest())
+                else:
+                    events.append(RequestError(EINVAL, "trailing character after get=1"))
+                continue
+            newline = self._buffer.find(b"\n", self._scanned)
+            if newline < 0:
+                self._scanned = len(self._buffer)
+                self._check_unterminated(events)
+                break
+            raw = bytes(self._buffer[:newline])
+            del self._buffer[: newline + 1]
+            self._scanned = 0
+            self._line(raw, events)
+        return events
+
+    def feed_eof(self) -> list[UapiEvent]:
+        """The client closed its side.  A set in progress is applied, as wireguard-go does."""
+        events: list[UapiEvent] = []
+        if self._state == self._SET and self._set is not None:
+            if self._buffer:
+                # Go's line scanner also returns a last line without a newline.
+                raw = bytes(self._buffer)
+                self._buffer.clear()
+                self._line(raw, events)
+            if self._state == self._SET and self._set is not None:
+                events.append(self._set.finish())
+        self._set = None
+        self._buffer.clear()
+        self._state = self._CLOSED
+        return events
+
+    def _check_unterminated(self, events: list[UapiEvent]) -> None:
+        """Bound the buffer while waiting for a newline."""
+        if self._state == self._OPERATION and len(self._buffer) > len(b"get=1"):
+            # No operation line is this long: it can only end in a close.
+            self._close(events, "invalid operation")
+        elif len(self._buffer) > MAX_LINE:
+            self._line_too_long(events)
+
+    def _line_too_long(self, events: list[UapiEvent]) -> None:
+        """A set line over :data:`MAX_LINE`: wireguard-go's scanner fails with -EIO."""
+        if self._state == self._SET and self._set is not None:
+            events.append(self._set.finish(EIO, "line too long"))
+        self._close(events, "line too long")
+
+    def _close(self, events: list[UapiEvent], reason: str) -> None:
+        events.append(CloseConnection(reason))
+        self._state = self._CLOSED
+        self._buffer.clear()
+        self._set = None
+
+    def _line(self, raw: bytes, events: list[UapiEvent]) -> None:
+        if self._state == self._OPERATION:
+            if raw == b"get=1":
+                self._state = self._GET_END
+            elif raw == b"set=1":
+                self._state = self._SET
+                self._set = _SetDraft()
+            else:
+                self._close(events, "invalid operation")
+            return
+        if len(raw) > MAX_LINE:
+            self._line_too_long(events)
+            return
+        # Inside a set, lines are read like Go's bufio.ScanLines: one trailing \r is dropped.
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if self._state == self._SKIP:
+            if not raw:
+                self._state = self._OPERATION
+            return
+        assert self._set is not None
+        if not raw:
+            events.append(self._set.finish())
+            self._set = None
+            self._state = self._OPERATION
+            return
+        try:
+            self._set.line(raw.decode("utf-8", "surrogateescape"))
+        except UapiError as exc:
+            events.append(self._set.finish(exc.errno, str(exc)))
+            self._set = None
+            self._state = self._SKIP
+        except InvalidKey as exc:  # not expected: hex is checked first; kept as a safety net
+            events.append(self._set.finish(EINVAL, str(exc)))
+            self._set = None
+            self._state = self._SKIP
+
+
+def format_set_request(device: DeviceSet, peers: Iterable[PeerSet] = ()) -> bytes:
+    """Write a ``set=1`` request as ``wg set``/``wg setconf`` would (the client side)."""
+    lines = ["set=1"]
+    if device.private_key is not None:
+        lines.append(f"private_key={device.private_key.to_hex()}")
+    if device.listen_port is not None:
+        lines.append(f"listen_port={device.listen_port}")
+    if device.fwmark is not None:
+        lines.append(f"fwmark={device.fwmark}")
+    if device.replace_peers:
+        lines.append("replace_peers=true")
+    for peer in peers:
+        lines.append(f"public_key={peer.public_key.to_hex()}")
+        if peer.remove:
+            lines.append("remove=true")
+            continue
+        if peer.update_only:
+            lines.append("update_only=true")
+        if peer.preshared_key is not None:
+            lines.append(f"preshared_key={peer.preshared_key.to_hex()}")
+        if peer.endpoint is not None:
+            lines.append(f"endpoint={format_endpoint(*peer.endpoint)}")
+        if peer.persistent_keepalive_interval is not None:
+            lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive_interval}")
+        if peer.replace_allowed_ips:
+            lines.append("replace_allowed_ips=true")
+        for change in peer.allowed_ips:
+            sign = "-" if change.remove else ""
+            lines.append(f"allowed_ip={sign}{format_allowed_ip(change.network)}")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+# --- get responses --------------------------------------------------------------------------------
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class PeerSnapshot:
+    """One peer as ``get=1`` reports it.
+
+    Attributes:
+        public_key: the peer's public key.
+        preshared_key: its preshared key, or None (reported as all zeros).
+        endpoint: the current endpoint, already formatted (:func:`format_endpoint`), or None.
+        last_handshake_time_sec, last_handshake_time_nsec: wall-clock time of the last
+            completed handshake (0, 0: never).
+        tx_bytes, rx_bytes: transport bytes sent and received.
+        persistent_keepalive_interval: seconds, 0 for off.
+        allowed_ips: the peer's prefixes as text (:func:`format_allowed_ip`), in table order.
+    """
+
+    public_key: PublicKey
+    preshared_key: PresharedKey | None = None
+    endpoint: str | None = None
+    last_handshake_time_sec: int = 0
+    last_handshake_time_nsec: int = 0
+    tx_bytes: int = 0
+    rx_bytes: int = 0
+    persistent_keepalive_interval: int = 0
+    allowed_ips: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+
+
+def _peer_snapshots(values: Iterable[PeerSnapshot]) -> tuple[PeerSnapshot, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class DeviceSnapshot:
+    """The device as ``get=1`` reports it.
+
+    Attributes:
+        private_key: the (clamped) private key, or None when unset.
+        listen_port: the UDP port actually bound (0 when none).
+        fwmark: the firewall mark (0: none).
+        peers: every peer.
+    """
+
+    private_key: PrivateKey | None = None
+    listen_port: int = 0
+    fwmark: int = 0
+    peers: tuple[PeerSnapshot, ...] = attrs.field(default=(), converter=_peer_snapshots)
+
+
+def format_errno(errno: int) -> bytes:
+    """The status that ends every answer: ``errno=<n>\\n\\n``."""
+    return f"errno={errno}\n\n".encode()
+
+
+def format_get_response(snapshot: DeviceSnapshot) -> bytes:
+    """Write the answer to ``get=1``, line for line as wireguard-go writes it.
+
+    Keys are lowercase hex.  Device lines come first (each only when set), then per peer:
+    public_key, preshared_key (always; zeros when none), protocol_version, endpoint (when
+    known), handshake time, byte counters, keepalive, allowed_ip lines; then ``errno=0``.
+    """
+    lines: list[str] = []
+    if snapshot.private_key is not None and not snapshot.private_key.is_zero():
+        lines.append(f"private_key={snapshot.private_key.to_hex()}")
+    if snapshot.listen_port:
+        lines.append(f"listen_port={snapshot.listen_port}")
+    if snapshot.fwmark:
+        lines.append(f"fwmark={snapshot.fwmark}")
+    for peer in snapshot.peers:
+        psk = peer.preshared_key.to_hex() if peer.preshared_key is not None else _ZERO_HEX
+        lines.append(f"public_key={peer.public_key.to_hex()}")
+        lines.append(f"preshared_key={psk}")
+        lines.append("protocol_version=1")
+        if peer.endpoint is not None:
+            lines.append(f"endpoint={peer.endpoint}")
+        lines.append(f"last_handshake_time_sec={peer.last_handshake_time_sec}")
+        lines.append(f"last_handshake_time_nsec={peer.last_handshake_time_nsec}")
+        lines.append(f"tx_bytes={peer.tx_bytes}")
+        lines.append(f"rx_bytes={peer.rx_bytes}")
+        lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive_interval}")
+        lines.extend(f"allowed_ip={prefix}" for prefix in peer.allowed_ips)
+    lines.append("errno=0")
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+_PEER_INT_FIELDS = {
+    "last_handshake_time_sec": 63,
+    "last_handshake_time_nsec": 63,
+    "tx_bytes": 64,
+    "rx_bytes": 64,
+    "persistent_keepalive_interval": 16,
+}
+
+
+def parse_get_response(text: str | bytes) -> DeviceSnapshot:
+    """Parse a daemon's answer to ``get=1`` (for ``minivpn show`` and tests).
+
+    Unknown keys are skipped, as ``wg`` skips them, so newer daemons still parse.
+
+    Raises:
+        UapiError: the answer is malformed (errno :data:`EPROTO`), or ends in a non-zero errno
+            (that errno).
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not text.endswith("\n\n"):
+        raise UapiError("get response does not end with a blank line")
+    device: dict[str, object] = {}
+    peers: list[dict[str, object]] = []
+    lines = text[:-2].split("\n")
+    *body, status = lines
+    key, _, value = status.partition("=")
+    if key != "errno" or not re.fullmatch(r"-?[0-9]{1,10}", value):
+        raise UapiError("get response does not end with errno=<n>")
+    if int(value) != 0:
+        raise UapiError(f"get failed with errno={value}", int(value))
+    try:
+        for line in body:
+            key, equals, value = line.partition("=")
+            if not equals:
+                raise UapiError(f"line without '=' in get response: {line[:40]!r}")
+            if key == "public_key":
+                peers.append({"public_key": PublicKey.from_hex(_checked_hex(value)), "ips": []})
+            elif not peers:
+                if key == "private_key":
+                    device["private_key"] = PrivateKey.from_hex(_checked_hex(value))
+                elif key in ("listen_port", "fwmark"):
+                    device[key] = _parse_uint(value, 16 if key == "listen_port" else 32, key)
+            elif key == "preshared_key":
+                psk = PresharedKey.from_hex(_checked_hex(value))
+                peers[-1]["preshared_key"] = None if psk.is_zero() else psk
+            elif key == "endpoint":
+                peers[-1]["endpoint"] = value
+            elif key == "allowed_ip":
+                peers[-1]["ips"].append(value)  # type: ignore[attr-defined]
+            elif key in _PEER_INT_FIELDS:
+                peers[-1][key] = _parse_uint(value, _PEER_INT_FIELDS[key], key)
+    except (UapiError, InvalidKey) as exc:
+        raise UapiError(f"malformed get response: {exc}") from None
+    snapshots = []
+    for fields in peers:
+        allowed_ips = fields.pop("ips")
+        snapshots.append(PeerSnapshot(**fields, allowed_ips=allowed_ips))  # type: ignore[arg-type]
+    return DeviceSnapshot(**device, peers=snapshots)  # type: ignore[arg-type]
+
+
+def _checked_hex(value: str) -> str:
+    """The value, if it is exactly 64 hex digits (``from_hex`` alone would strip spaces)."""
+    if not _HEX_KEY.fullmatch(value):
+        raise UapiError("key is not 64 hexadecimal digits")
+    return value
