@@ -28,8 +28,11 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
-from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from types import TracebackType
 
 __all__ = ["Namespace", "Topology", "isolated"]
 
@@ -67,7 +70,7 @@ class Namespace:
         *,
         check: bool = True,
         timeout: float = 60,
-        input: str | None = None,  # noqa: A002 - mirrors subprocess.run
+        input: str | None = None,
         env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """Run *cmd* in the namespace and wait for it (bounded by *timeout* seconds)."""
@@ -130,7 +133,9 @@ class Topology:
         ns.ip("link", "set", "lo", "up")
         return ns
 
-    def veth(self, a: Namespace, b: Namespace, name_a: str = "", name_b: str = "") -> tuple[str, str]:
+    def veth(
+        self, a: Namespace, b: Namespace, name_a: str = "", name_b: str = ""
+    ) -> tuple[str, str]:
         """Join *a* and *b* by a veth pair (both ends up) and return the two link names."""
         n = next(_counter)
         name_a = name_a or f"ve{n}a"

@@ -23,13 +23,16 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from netns import Namespace, Topology  # noqa: E402
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MTU = 1420
 PORT = 51820
@@ -59,7 +62,9 @@ def minivpn_cmd() -> list[str]:
 class Setup:
     """How to bring one program up between two namespaces; returns the inner address of B."""
 
-    def __init__(self, name: str, net: int, up: Callable[[Topology, Namespace, Namespace, int], str]):
+    def __init__(
+        self, name: str, net: int, up: Callable[[Topology, Namespace, Namespace, int], str]
+    ):
         self.name, self.net, self.up = name, net, up
 
 
@@ -84,9 +89,23 @@ def setup_wireguard_go(topo: Topology, a: Namespace, b: Namespace, net: int) -> 
         keyfile.chmod(0o600)
         _wait_for(lambda dev=dev: Path(f"/var/run/wireguard/{dev}.sock").exists())
         other_inner = f"10.99.{net}.{2 if side == 'a' else 1}/32"
-        ns.run(["wg", "set", dev, "private-key", str(keyfile), "listen-port", str(PORT),
-                "peer", keys[other][1], "allowed-ips", other_inner,
-                "endpoint", f"{peer_addr}:{PORT}"])
+        ns.run(
+            [
+                "wg",
+                "set",
+                dev,
+                "private-key",
+                str(keyfile),
+                "listen-port",
+                str(PORT),
+                "peer",
+                keys[other][1],
+                "allowed-ips",
+                other_inner,
+                "endpoint",
+                f"{peer_addr}:{PORT}",
+            ]
+        )
         ns.ip("addr", "add", f"10.99.{net}.{1 if side == 'a' else 2}/24", "dev", dev)
         ns.ip("link", "set", dev, "mtu", str(MTU), "up")
     return f"10.99.{net}.2"
@@ -95,10 +114,30 @@ def setup_wireguard_go(topo: Topology, a: Namespace, b: Namespace, net: int) -> 
 def _setup_minivpn_tunnel(transport: str) -> Callable[[Topology, Namespace, Namespace, int], str]:
     def setup(topo: Topology, a: Namespace, b: Namespace, net: int) -> str:
         common = [f"--{transport}", "--mtu", str(MTU)]
-        b.popen([*minivpn_cmd(), "tunnel", f"mvt{net}b", "--listen", f":{PORT}",
-                 "--address", f"10.99.{net}.2/24", *common])
-        a.popen([*minivpn_cmd(), "tunnel", f"mvt{net}a", "--connect", f"{b.addr4}:{PORT}",
-                 "--address", f"10.99.{net}.1/24", *common])
+        b.popen(
+            [
+                *minivpn_cmd(),
+                "tunnel",
+                f"mvt{net}b",
+                "--listen",
+                f":{PORT}",
+                "--address",
+                f"10.99.{net}.2/24",
+                *common,
+            ]
+        )
+        a.popen(
+            [
+                *minivpn_cmd(),
+                "tunnel",
+                f"mvt{net}a",
+                "--connect",
+                f"{b.addr4}:{PORT}",
+                "--address",
+                f"10.99.{net}.1/24",
+                *common,
+            ]
+        )
         return f"10.99.{net}.2"
 
     return setup
@@ -118,7 +157,8 @@ def iperf(a: Namespace, b: Namespace, dst: str, duration: int, streams: int) -> 
         _wait_for(lambda: _port_open(b, 5201), timeout=10)
         out = a.run(
             ["iperf3", "-c", dst, "-t", str(duration), "-P", str(streams), "-J"],
-            check=False, timeout=duration + 30,
+            check=False,
+            timeout=duration + 30,
         )
         data = json.loads(out.stdout)
         if "error" in data:
@@ -151,8 +191,12 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=1)
     args = parser.parse_args()
     if os.environ.get("MINIVPN_ISOLATED") != "1":
-        os.execvp(str(ROOT / "netns/isolate"), [str(ROOT / "netns/isolate"), sys.executable, *sys.argv])
-    for tool in ("iperf3", "ping", "ss") + (("wireguard-go", "wg") if "wireguard-go" in args.programs else ()):
+        os.execvp(
+            str(ROOT / "netns/isolate"), [str(ROOT / "netns/isolate"), sys.executable, *sys.argv]
+        )
+    for tool in ("iperf3", "ping", "ss") + (
+        ("wireguard-go", "wg") if "wireguard-go" in args.programs else ()
+    ):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is not installed")
     programs = [p for p in args.programs if p in SETUPS]
@@ -170,23 +214,27 @@ def main() -> int:
             ends[name] = (a, b, dst)
             print(f"bench: {name} up", file=sys.stderr)
         for r in range(args.rounds):
-            order = programs[r % len(programs):] + programs[: r % len(programs)]
+            order = programs[r % len(programs) :] + programs[: r % len(programs)]
             for name in order:
                 a, b, dst = ends[name]
                 mbit = iperf(a, b, dst, args.duration, args.streams)
                 rtt = ping_rtt(a, dst)
                 results[name].append(mbit)
                 rtts[name].append(rtt)
-                print(f"bench: round {r + 1} {name}: {mbit:.0f} Mbit/s, ping {rtt:.3f} ms",
-                      file=sys.stderr)
+                print(
+                    f"bench: round {r + 1} {name}: {mbit:.0f} Mbit/s, ping {rtt:.3f} ms",
+                    file=sys.stderr,
+                )
     ref = statistics.median(results["wireguard-go"])
-    print(f"\n| program | min | median | max | ratio to wireguard-go | ping avg ms (median) |")
+    print("\n| program | min | median | max | ratio to wireguard-go | ping avg ms (median) |")
     print("|---|---|---|---|---|---|")
     for name in programs:
         vals = results[name]
         med = statistics.median(vals)
-        print(f"| {name} | {min(vals):.0f} | {med:.0f} | {max(vals):.0f} | {med / ref:.2f} "
-              f"| {statistics.median(rtts[name]):.3f} |")
+        print(
+            f"| {name} | {min(vals):.0f} | {med:.0f} | {max(vals):.0f} | {med / ref:.2f} "
+            f"| {statistics.median(rtts[name]):.3f} |"
+        )
     return 0
 
 
