@@ -11,9 +11,12 @@ Nothing here does I/O or reads a clock: callers pass ``now`` in, so tests need n
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["Counters", "RateLimitedLog"]
 

@@ -18,7 +18,7 @@ from minivpn import __version__
 from minivpn.errors import MinivpnError
 
 #: Sub-command modules, in the order ``minivpn --help`` lists them.
-COMMAND_MODULES = ("tun", "dump")
+COMMAND_MODULES = ("tun", "dump", "tunnel")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Build the full ``minivpn`` argument parser."""
     parser = _Parser(
         prog="minivpn",
-        description="A small, readable userspace VPN for Linux: TUN/TAP devices, tunnels, WireGuard.",
+        description="A small, readable userspace VPN for Linux: TUN/TAP, tunnels, WireGuard.",
     )
     parser.add_argument("--version", action="version", version=f"minivpn {__version__}")
     parser.add_argument(
@@ -65,6 +65,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # trio nurseries wrap errors in groups; a user error is still one line.
+        user_errors = _user_errors(group)
+        if user_errors is None:
+            raise
+        for message in dict.fromkeys(str(exc) for exc in user_errors):
+            print(f"minivpn: {message}", file=sys.stderr)
+        return user_errors[0].exit_code
+
+
+def _user_errors(group: BaseExceptionGroup[BaseException]) -> list[MinivpnError] | None:
+    """The MinivpnErrors in *group*, or None if it holds anything else (a bug: show it)."""
+    found: list[MinivpnError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _user_errors(exc)
+            if inner is None:
+                return None
+            found += inner
+        elif isinstance(exc, MinivpnError):
+            found.append(exc)
+        else:
+            return None
+    return found or None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,110 @@
+"""``minivpn dump``: show, decoded, what crosses a TUN/TAP device."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import trio
+
+from minivpn.netconf import parse_interface
+from minivpn.tuntap.ioctl import Mode
+
+DESCRIPTION = """\
+Attach to a TUN/TAP device and print one line per packet, like tcpdump -n (-e on TAP).
+With no NAME a temporary device is made (its name is printed) and removed on exit; an existing
+persistent device (minivpn tun add) is attached and left as it was.
+
+example (as root):
+  minivpn dump --address 10.9.0.1/24 --answer-pings --write ping.pcap &
+  ping -c 3 10.9.0.2          # replies come from minivpn
+  tcpdump -n -r ping.pcap
+"""
+
+
+def _cidr(text: str) -> str:
+    try:
+        parse_interface(text)
+    except Exception as exc:  # NetconfError says what is wrong
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the count must be a positive number")
+    return int(text)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``dump`` sub-command."""
+    p = subparsers.add_parser(
+        "dump",
+        help="show, decoded, the packets crossing a TUN/TAP device",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("name", metavar="NAME", nargs="?", help="device (default: a new temporary one)")
+    p.add_argument("--tap", action="store_true", help="a TAP device (Ethernet frames)")
+    p.add_argument("--pi", action="store_true", help="the device has the 4-byte PI header")
+    p.add_argument(
+        "--address",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        type=_cidr,
+        help="add this address to the device (repeatable)",
+    )
+    p.add_argument("-c", "--count", type=_count, help="exit after this many packets")
+    p.add_argument(
+        "-w", "--write", metavar="FILE.pcap", help="also write the packets to a pcap file"
+    )
+    p.add_argument(
+        "--answer-pings",
+        action="store_true",
+        help="answer ICMP/ICMPv6 echo requests (and ARP/neighbour solicitations on TAP)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dump until --count packets, Ctrl-C or SIGTERM; then say how many were seen."""
+    from minivpn.runtime.dump import DumpConfig, DumpResult, run_dump
+
+    config = DumpConfig(
+        device=args.name,
+        mode=Mode.TAP if args.tap else Mode.TUN,
+        pi=args.pi,
+        addresses=tuple(args.address),
+        count=args.count,
+        write=args.write,
+        answer_pings=args.answer_pings,
+    )
+    result = DumpResult()
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+
+            async def dump_then_stop(*, task_status: trio.TaskStatus[str]) -> None:
+                await run_dump(config, emit, result=result, task_status=task_status)
+                nursery.cancel_scope.cancel()  # --count reached
+
+            name = await nursery.start(dump_then_stop)
+            print(f"minivpn: listening on {name}", file=sys.stderr, flush=True)
+
+    trio.run(main)
+    replies = f", {result.replies} replies sent" if args.answer_pings else ""
+    print(f"minivpn: {result.packets} packets captured{replies}", file=sys.stderr)
+    return 0
+
+
+async def _stop_on_signals(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return

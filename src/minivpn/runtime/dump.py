@@ -1,0 +1,209 @@
+"""``minivpn dump``: attach to a device and show, decoded, every packet that crosses it.
+
+The loop is the simplest use of the device layer::
+
+    async with open_tun_device(name) as device:       # attach (or create a temporary device)
+        configure: link up, addresses                  # netlink (minivpn.netconf)
+        while True:
+            packet = await device.read()               # waits with trio.lowlevel.wait_readable
+            print(summarize(packet))                   # sans-IO decoding (minivpn.framing)
+            pcap.write(record(packet))                 # optional capture file
+            reply = answer_untrusted(packet)           # optional: answer ping, ARP, NS
+            if reply: await device.write(reply)
+
+A TUN device hands over IP packets the kernel routed to it: ``ping 10.9.0.2`` with the device
+holding 10.9.0.1/24 puts ICMP echo requests on it.  Nobody answers them unless
+``--answer-pings`` makes minivpn play the remote host, so that ``ping`` sees replies.  On a TAP
+device the kernel first asks, with ARP (IPv4) or a neighbour solicitation (IPv6), which
+Ethernet address owns 10.9.0.2; the answerer replies to those too, with a made-up MAC.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, BinaryIO
+
+import attrs
+import trio
+
+from minivpn import netconf
+from minivpn.framing import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_RAW,
+    PI_LENGTH,
+    Link,
+    MalformedPacket,
+    answer_untrusted,
+    build_pi,
+    parse_pi_untrusted,
+    pcap_global_header,
+    pcap_record,
+    summarize,
+)
+from minivpn.netconf import NetconfError
+from minivpn.tuntap.aio import TunDevice, open_tun_device
+from minivpn.tuntap.ioctl import Mode
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["DumpConfig", "format_line", "run_dump"]
+
+log = logging.getLogger("minivpn.dump")
+
+_ETHERTYPE_IPV4, _ETHERTYPE_IPV6 = 0x0800, 0x86DD
+
+
+@attrs.frozen
+class DumpConfig:
+    """What ``minivpn dump`` was asked to do.
+
+    Attributes:
+        device: a device name or template; None lets the kernel pick (``tun%d``/``tap%d``).
+        mode: TUN or TAP.
+        pi: the device carries the 4-byte packet-information header.
+        addresses: CIDRs to add to the device.
+        count: stop after this many packets (None: until cancelled).
+        write: path of a pcap file to write, or None.
+        answer_pings: answer echo requests (and ARP/neighbour solicitations on TAP).
+    """
+
+    device: str | None = None
+    mode: Mode = Mode.TUN
+    pi: bool = False
+    addresses: tuple[str, ...] = ()
+    count: int | None = None
+    write: str | None = None
+    answer_pings: bool = False
+
+
+@attrs.define
+class DumpResult:
+    """What happened: packets seen and replies sent."""
+
+    device: str = ""
+    packets: int = 0
+    replies: int = 0
+
+
+def format_line(timestamp: float, data: bytes | memoryview, link: Link) -> str:
+    """One output line: local time as ``tcpdump`` prints it, then the summary."""
+    # Split exactly as pcap_record does (whole seconds, then the rounded fraction), so the
+    # printed time is the one tcpdump shows for the same record.  Rounding the whole value
+    # instead, round(timestamp * 1e6), differs by a microsecond for some floats.
+    seconds = int(timestamp)
+    micros = round((timestamp - seconds) * 1_000_000)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    clock = time.strftime("%H:%M:%S", time.localtime(seconds))
+    return f"{clock}.{micros:06d} {summarize(data, link)}"
+
+
+async def run_dump(
+    config: DumpConfig,
+    emit: Callable[[str], object],
+    *,
+    result: DumpResult | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> DumpResult:
+    """Attach, configure, and show packets until *count* is reached or the task is cancelled.
+
+    Args:
+        config: what to do.
+        emit: called with each output line.
+        result: filled in as packets arrive (so a caller that cancels still has the counts).
+        task_status: ``nursery.start`` gets the device name once packets are being read.
+
+    Raises:
+        TunError: the device cannot be attached.
+        NetconfError: an address was asked for and cannot be added.
+        DeviceGone: the device was deleted while attached.
+    """
+    result = result if result is not None else DumpResult()
+    template = config.device or ("tap%d" if config.mode is Mode.TAP else "tun%d")
+    async with open_tun_device(template, config.mode, pi=config.pi) as device:
+        result.device = device.name
+        _configure(device, config)
+        link = Link.ETHERNET if config.mode is Mode.TAP else Link.IP
+        pcap = _open_pcap(config.write, link)
+        # A locally administered unicast MAC for the pretend remote host on a TAP link.
+        my_mac = bytes([0x02]) + os.urandom(5)
+        try:
+            task_status.started(device.name)
+            while config.count is None or result.packets < config.count:
+                data = await device.read()
+                now = time.time()
+                payload = _strip_pi(data) if config.pi else memoryview(data)
+                result.packets += 1
+                emit(format_line(now, payload, link) if payload is not None else _bad_pi(data))
+                if payload is None:
+                    continue
+                if pcap is not None:
+                    pcap.write(pcap_record(payload, now))
+                if config.answer_pings:
+                    reply = answer_untrusted(payload, link, my_mac=my_mac)
+                    if reply is not None:
+                        if config.pi:
+                            reply = _with_pi(reply, link)
+                        await device.write(reply)
+                        result.replies += 1
+        finally:
+            if pcap is not None:
+                pcap.close()
+    return result
+
+
+def _configure(device: TunDevice, config: DumpConfig) -> None:
+    """Bring the link up and add addresses; an owner without CAP_NET_ADMIN just attaches."""
+    for cidr in config.addresses:
+        netconf.add_address(device.name, cidr)  # asked for explicitly: failing is an error
+    if netconf.link_state(device.name).up:
+        return
+    try:
+        netconf.set_link_up(device.name)
+    except NetconfError as exc:
+        log.warning("%s; reading from it anyway (packets flow once it is up)", exc)
+
+
+def _open_pcap(path: str | None, link: Link) -> BinaryIO | None:
+    """Open the capture file and write its header.
+
+    Plain blocking writes: a pcap record is a few hundred bytes going to a local file's page
+    cache, far cheaper than handing each one to a worker thread.
+    """
+    if path is None:
+        return None
+    linktype = LINKTYPE_ETHERNET if link is Link.ETHERNET else LINKTYPE_RAW
+    try:
+        pcap = open(path, "wb")  # noqa: SIM115 - closed in run_dump's finally
+    except OSError as exc:
+        from minivpn.errors import MinivpnError
+
+        raise MinivpnError(f"cannot write {path}: {exc.strerror}") from None
+    pcap.write(pcap_global_header(linktype))
+    return pcap
+
+
+def _strip_pi(data: bytes) -> memoryview | None:
+    try:
+        _, payload = parse_pi_untrusted(data)
+    except MalformedPacket:
+        return None
+    return payload
+
+
+def _bad_pi(data: bytes) -> str:
+    return f"[packet without a valid PI header] length {len(data)}"
+
+
+def _with_pi(packet: bytes, link: Link) -> bytes:
+    if link is Link.ETHERNET:
+        proto = int.from_bytes(packet[12:14], "big")
+    else:
+        proto = _ETHERTYPE_IPV6 if packet[0] >> 4 == 6 else _ETHERTYPE_IPV4
+    return build_pi(proto) + packet
+
+
+assert PI_LENGTH == 4
