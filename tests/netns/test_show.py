@@ -1,0 +1,464 @@
+"""``minivpn show`` against the real ``wg show``: same text, JSON equal to ``wg show dump``.
+
+* Two real wireguard-go daemons in two namespaces shake hands over veth; ``minivpn show`` of
+  one of them must print exactly what ``wg show`` prints, never a private or preshared key, and
+  its JSON must carry the values of ``wg show NAME dump``.
+* To reach the corners of the format (handshakes a year ago or in the future, TiB counters,
+  keepalive intervals in hours, addresses Go and C write differently), a UAPI server from
+  :mod:`minivpn.runtime.uapi_server` serves a made-up state, and both ``wg show`` and
+  ``minivpn show`` read it.
+* Errors: a missing interface, a stale socket, another user (permission denied).
+
+Texts with "N seconds ago" change when the clock ticks, so each comparison reads ``wg``, then
+minivpn, then ``wg`` again, and only compares when both ``wg`` outputs agree: then minivpn ran
+in the same second.  Run inside ``netns/isolate`` (wg only looks in /var/run/wireguard).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import trio
+from tests.helpers.runas import run_cli_as
+
+from minivpn.runtime.uapi_server import prepare_socket, serve_uapi
+from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
+from minivpn.wireguard.uapi import DeviceSnapshot, PeerSnapshot, SetRequest
+from netns import Topology
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("wireguard-go") is None or shutil.which("wg") is None,
+    reason="needs wireguard-go and wg",
+)
+
+SOCKET_DIR = Path("/var/run/wireguard")
+_counter = iter(range(10_000))
+
+
+def fresh_name(tag: str) -> str:
+    return f"mv{tag}{os.getpid() % 1000}x{next(_counter)}"
+
+
+def run(cmd: list[str], *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False, env=env)
+
+
+def minivpn_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "minivpn", *args]
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> str:
+    """The command failed with one ``minivpn: ...`` line and no traceback; return the line."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("minivpn: ")
+    return lines[0]
+
+
+def same_second(
+    reference: Callable[[], str], ours: Callable[[], str], attempts: int = 10
+) -> tuple[str, str]:
+    """(wg's output, ours), read wg-ours-wg until both wg outputs agree."""
+    for _ in range(attempts):
+        before = reference()
+        mine = ours()
+        if reference() == before:
+            return before, mine
+    pytest.fail("wg's output kept changing")
+
+
+async def async_same_second(
+    reference: Callable[[], Awaitable[str]], ours: Callable[[], Awaitable[str]]
+) -> tuple[str, str]:
+    for _ in range(10):
+        before = await reference()
+        mine = await ours()
+        if await reference() == before:
+            return before, mine
+    pytest.fail("wg's output kept changing")
+
+
+def secret_file(directory: Path, name: str, text: str) -> str:
+    path = directory / name
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+    return str(path)
+
+
+def dump_fields(dump: str) -> tuple[list[str], list[list[str]]]:
+    interface, *peers = (line.split("\t") for line in dump.splitlines())
+    return interface, peers
+
+
+# --- two real wireguard-go daemons ----------------------------------------------------------------
+
+
+def start_wireguard_go(ns: Any, name: str, log: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": "error"}
+    with open(log, "w") as out:
+        proc: subprocess.Popen[str] = ns.popen(
+            ["wireguard-go", "-f", name], env=env, stdout=out, stderr=out
+        )
+    path = SOCKET_DIR / f"{name}.sock"
+    for _ in range(500):
+        if path.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, log.read_text()
+    assert path.exists()
+    return proc
+
+
+@pytest.fixture(scope="module")
+def handshaken(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """wireguard-go A and B, peers of each other (psk, endpoints), after a ping through them.
+
+    A also has a third peer that never answers (psk, IPv6 endpoint, keepalive).
+    """
+    tmp = tmp_path_factory.mktemp("show")
+    keys = {side: PrivateKey.generate() for side in "ABC"}
+    psk, psk_c = PresharedKey.generate(), PresharedKey.generate()
+    names = {"A": fresh_name("A"), "B": fresh_name("B")}
+    with Topology() as topo:
+        a, b = topo.pair()
+        start_wireguard_go(a, names["A"], tmp / "a.log")
+        start_wireguard_go(b, names["B"], tmp / "b.log")
+        for side, ns, other, other_ns, inner in (
+            ("A", a, "B", b, "10.77.0.1"),
+            ("B", b, "A", a, "10.77.0.2"),
+        ):
+            other_inner = "10.77.0.2" if side == "A" else "10.77.0.1"
+            ns.run([
+                "wg", "set", names[side],
+                "private-key", secret_file(tmp, f"{side}.key", keys[side].to_base64()),
+                "listen-port", "51820",
+                "peer", keys[other].public_key().to_base64(),
+                "preshared-key", secret_file(tmp, "psk", psk.to_base64()),
+                "endpoint", f"{other_ns.addr4}:51820",
+                "allowed-ips", f"{other_inner}/32",
+            ])  # fmt: skip
+            ns.ip("addr", "add", f"{inner}/24", "dev", names[side])
+            ns.ip("link", "set", names[side], "up")
+        a.run([
+            "wg", "set", names["A"],
+            "fwmark", "0x51",
+            "peer", keys["C"].public_key().to_base64(),
+            "preshared-key", secret_file(tmp, "psk_c", psk_c.to_base64()),
+            "endpoint", "[fd00:5100:100::9]:51999",
+            "allowed-ips", "10.77.1.0/24,fd00:77::/64",
+            "persistent-keepalive", "3600",
+        ])  # fmt: skip
+        ping = a.run(["ping", "-c", "3", "-i", "0.2", "-W", "5", "10.77.0.2"], check=False)
+        assert " 0 received" not in ping.stdout, ping.stdout
+        yield {"names": names, "keys": keys, "psks": (psk, psk_c)}
+
+
+def test_text_is_wg_show_and_has_no_secrets(handshaken: dict[str, Any]) -> None:
+    name = handshaken["names"]["A"]
+    keys: dict[str, PrivateKey] = handshaken["keys"]
+
+    def reference() -> str:
+        return run(["wg", "show", name]).stdout
+
+    def ours() -> str:
+        result = run(minivpn_cmd("show", name))
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    wg_text, text = same_second(reference, ours)
+    assert text == wg_text
+    assert f"public key: {keys['A'].public_key().to_base64()}" in text
+    assert "latest handshake: " in text  # the ping went through: a real handshake is shown
+    assert "transfer: " in text
+    assert text.count("preshared key: (hidden)") == 2
+    secrets = [keys["A"], *handshaken["psks"]]
+    for secret in secrets:
+        assert secret.to_base64() not in text
+        assert secret.to_hex() not in text
+
+
+def test_json_matches_wg_show_dump(handshaken: dict[str, Any]) -> None:
+    name = handshaken["names"]["A"]
+
+    def reference() -> str:
+        return run(["wg", "show", name, "dump"]).stdout
+
+    def ours() -> str:
+        result = run(minivpn_cmd("show", name, "--json"))
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    dump, output = same_second(reference, ours)
+    shown = json.loads(output)
+    interface, peer_lines = dump_fields(dump)
+    _private, public, port, fwmark = interface
+    assert shown["name"] == name
+    assert shown["public_key"] == public
+    assert shown["listen_port"] == int(port)
+    assert shown["fwmark"] == (None if fwmark == "off" else int(fwmark, 16))
+    expected_peers = {}
+    for pub, psk, endpoint, allowed, handshake, rx, tx, keepalive in peer_lines:
+        expected_peers[pub] = {
+            "public_key": pub,
+            "has_preshared_key": psk != "(none)",
+            "endpoint": None if endpoint == "(none)" else endpoint,
+            "allowed_ips": [] if allowed == "(none)" else allowed.split(","),
+            "latest_handshake": int(handshake) or None,
+            "rx_bytes": int(rx),
+            "tx_bytes": int(tx),
+            "persistent_keepalive": None if keepalive == "off" else int(keepalive),
+        }
+    assert {peer["public_key"]: peer for peer in shown["peers"]} == expected_peers
+    assert len(shown["peers"]) == 2
+    # The peer with a handshake comes first, as in the text.
+    assert shown["peers"][0]["latest_handshake"] is not None
+    assert shown["peers"][1]["latest_handshake"] is None
+    for secret in [handshaken["keys"]["A"], *handshaken["psks"]]:
+        assert secret.to_base64() not in output
+        assert secret.to_hex() not in output
+
+
+def test_show_without_a_name_lists_every_interface(handshaken: dict[str, Any]) -> None:
+    names = handshaken["names"]
+
+    def blocks(text: str) -> set[str]:
+        """The interface blocks, whatever order they come in."""
+        return {block.rstrip("\n") for block in ("\n" + text).split("\ninterface: ")[1:]}
+
+    def reference() -> str:
+        return run(["wg", "show"]).stdout
+
+    def ours() -> str:
+        result = run(minivpn_cmd("show"))
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    wg_text, text = same_second(reference, ours)
+    assert blocks(text) == blocks(wg_text)
+    assert text.startswith("interface: ")
+    for name in names.values():
+        assert f"interface: {name}\n" in text
+    listed = [entry["name"] for entry in json.loads(run(minivpn_cmd("show", "--json")).stdout)]
+    assert listed == sorted(listed)
+    assert set(names.values()) <= set(listed)
+
+
+# --- made-up states, read by wg and by minivpn ----------------------------------------------------
+
+
+class FixedDevice:
+    """A UAPI handler that answers get with a given snapshot."""
+
+    def __init__(self, snapshot: DeviceSnapshot) -> None:
+        self.state = snapshot
+
+    def apply(self, request: SetRequest) -> int:
+        return 0
+
+    def snapshot(self) -> DeviceSnapshot:
+        return self.state
+
+
+def peer_key() -> PublicKey:
+    return PrivateKey.generate().public_key()
+
+
+NOW = int(time.time())
+YEAR, DAY, HOUR = 365 * 86400, 86400, 3600
+
+STATES = {
+    "empty": DeviceSnapshot(),
+    "corners": DeviceSnapshot(
+        private_key=PrivateKey.generate(),
+        listen_port=65535,
+        fwmark=0xDEADBEEF,
+        peers=[
+            # never shook hands: last, in the daemon's order
+            PeerSnapshot(peer_key(), allowed_ips=["::102:304/128", "::ffff:10.1.2.3/128"]),
+            PeerSnapshot(
+                peer_key(),
+                preshared_key=PresharedKey.generate(),
+                endpoint="[::ffff:198.51.100.7]:1",
+                persistent_keepalive_interval=1,
+                rx_bytes=1023,
+            ),
+            PeerSnapshot(
+                peer_key(),
+                endpoint="[fd00::1]:51820",
+                last_handshake_time_sec=NOW - 61,
+                last_handshake_time_nsec=4,
+                rx_bytes=1024 + 128,  # 1.125 KiB: rounds half to even, as printf does
+                tx_bytes=1024 * 1024,
+                persistent_keepalive_interval=3661,
+                allowed_ips=["10.0.0.0/8", "fd00::/8", "0.0.0.0/0"],
+            ),
+            PeerSnapshot(
+                peer_key(),
+                endpoint="198.51.100.9:7",
+                last_handshake_time_sec=NOW - (400 * DAY + 3 * HOUR + 1),
+                rx_bytes=5 * 1024**4 + 3,
+                tx_bytes=3 * 1024**3 + 1,
+                persistent_keepalive_interval=65535,
+            ),
+            PeerSnapshot(peer_key(), last_handshake_time_sec=NOW + YEAR),  # clock went back
+            PeerSnapshot(
+                peer_key(),
+                last_handshake_time_sec=NOW - 61,
+                last_handshake_time_nsec=5,  # same second as the one above, newer
+                tx_bytes=1024**4 - 1,
+            ),
+            PeerSnapshot(peer_key(), last_handshake_time_sec=NOW - 2 * YEAR - DAY - 1),
+        ],
+    ),
+    "no_private_key": DeviceSnapshot(peers=[PeerSnapshot(peer_key(), rx_bytes=1)]),
+}
+
+
+@contextlib.asynccontextmanager
+async def serving(snapshot: DeviceSnapshot, name: str) -> AsyncIterator[None]:
+    with prepare_socket(name) as uapi:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_uapi, uapi.listener, FixedDevice(snapshot))
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+async def output(cmd: list[str]) -> str:
+    with trio.fail_after(60):
+        result = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True)
+    assert b"Traceback" not in result.stderr
+    return result.stdout.decode()
+
+
+@pytest.mark.parametrize("state", sorted(STATES))
+async def test_same_text_as_wg_for_made_up_states(state: str) -> None:
+    name = fresh_name("f")
+    async with serving(STATES[state], name):
+        wg_text, text = await async_same_second(
+            lambda: output(["wg", "show", name]), lambda: output(minivpn_cmd("show", name))
+        )
+    assert text == wg_text
+    if state == "corners":  # the corners were reached (a guard against a vacuous comparison)
+        for needle in (
+            "wound backward",
+            "1 year, 35 days, 3 hours, ",  # then seconds (more if the test ran slowly) and "ago"
+            "2 years, 1 day, ",
+            "5.00 TiB received",
+            "every 1 hour, 1 minute, 1 second",
+            "1.12 KiB received",
+            "::1.2.3.4/128",
+            "[::ffff:198.51.100.7]:1",
+            "fwmark: 0xdeadbeef",
+        ):
+            assert needle in text
+
+
+async def test_json_for_a_made_up_state() -> None:
+    name = fresh_name("j")
+    snapshot = STATES["corners"]
+    async with serving(snapshot, name):
+        dump = await output(["wg", "show", name, "dump"])
+        shown = json.loads(await output(minivpn_cmd("show", name, "--json")))
+    interface, peer_lines = dump_fields(dump)
+    assert shown["public_key"] == interface[1]
+    assert shown["fwmark"] == 0xDEADBEEF
+    by_key = {peer["public_key"]: peer for peer in shown["peers"]}
+    for pub, _psk, endpoint, allowed, handshake, rx, tx, keepalive in peer_lines:
+        peer = by_key[pub]
+        assert peer["endpoint"] == (None if endpoint == "(none)" else endpoint)
+        assert peer["allowed_ips"] == ([] if allowed == "(none)" else allowed.split(","))
+        assert peer["latest_handshake"] == (int(handshake) or None)
+        assert (peer["rx_bytes"], peer["tx_bytes"]) == (int(rx), int(tx))
+        assert peer["persistent_keepalive"] == (None if keepalive == "off" else int(keepalive))
+    # Newest handshake first (nanoseconds break the tie), those that never shook hands last,
+    # in the daemon's order.
+    order = [snapshot.peers[i].public_key.to_base64() for i in (4, 5, 2, 3, 6, 0, 1)]
+    assert [peer["public_key"] for peer in shown["peers"]] == order
+
+
+async def test_the_socket_directory_can_be_moved(tmp_path: Path) -> None:
+    name = fresh_name("d")
+    snapshot = DeviceSnapshot(listen_port=4242)
+    with prepare_socket(name, tmp_path) as uapi:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_uapi, uapi.listener, FixedDevice(snapshot))
+            by_option = await output(minivpn_cmd("show", name, "--socket-dir", str(tmp_path)))
+            with trio.fail_after(60):
+                by_env = await trio.run_process(
+                    minivpn_cmd("show", "--json"),
+                    capture_stdout=True,
+                    env={**os.environ, "MINIVPN_SOCKET_DIR": str(tmp_path)},
+                )
+            nursery.cancel_scope.cancel()
+    assert by_option == f"interface: {name}\n  listening port: 4242\n"
+    assert json.loads(by_env.stdout) == [
+        {"name": name, "public_key": None, "listen_port": 4242, "fwmark": None, "peers": []}
+    ]
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def test_no_such_interface() -> None:
+    result = run(minivpn_cmd("show", "mvnosuch0"))
+    assert assert_clean_failure(result) == (
+        "minivpn: no interface mvnosuch0 (no socket /var/run/wireguard/mvnosuch0.sock)"
+    )
+
+
+def test_an_invalid_name() -> None:
+    line = assert_clean_failure(run(minivpn_cmd("show", "../etc")))
+    assert "invalid interface name" in line
+
+
+def test_a_stale_socket_is_reported_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "mvstale0.sock"
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(os.fspath(path))
+    line = assert_clean_failure(run(minivpn_cmd("show", "mvstale0", "--socket-dir", str(tmp_path))))
+    assert line == f"minivpn: interface mvstale0 is not running (stale socket {path}: nothing " + (
+        "listens on it)"
+    )
+    everything = run(minivpn_cmd("show", "--socket-dir", str(tmp_path)))
+    assert (everything.returncode, everything.stdout, everything.stderr) == (0, "", "")
+    assert path.exists()  # unlike wg, reading does not delete anything
+
+
+def test_no_interfaces_at_all(tmp_path: Path) -> None:
+    assert run(minivpn_cmd("show", "--socket-dir", str(tmp_path / "missing"))).stdout == ""
+    listed = run(minivpn_cmd("show", "--json", "--socket-dir", str(tmp_path)))
+    assert listed.returncode == 0
+    assert json.loads(listed.stdout) == []
+
+
+@pytest.mark.realroot
+async def test_permission_denied_for_another_user() -> None:
+    name = fresh_name("p")
+    async with serving(DeviceSnapshot(listen_port=1), name):
+        one = await trio.to_thread.run_sync(
+            lambda: run_cli_as(["show", name], uid=65534, gid=65534)
+        )
+        every = await trio.to_thread.run_sync(lambda: run_cli_as(["show"], uid=65534, gid=65534))
+    line = assert_clean_failure(one)
+    assert line.startswith(f"minivpn: permission denied on {SOCKET_DIR}")
+    assert "root" in line
+    assert every.returncode == 1
+    assert "Traceback" not in every.stderr
+    assert "permission denied" in every.stderr
