@@ -1,0 +1,209 @@
+"""What the WireGuard core asks of its runtime, and what it tells it.
+
+The core (:class:`~minivpn.wireguard.core.WireGuardCore`) never touches a socket, a TUN device
+or a clock.  Every call returns, or queues for ``WireGuardCore.take_actions()``, a list of
+*actions*, frozen value objects the runtime carries out in order:
+
+* :class:`SendDatagram`: send these bytes over UDP to this endpoint;
+* :class:`DeliverPacket`: write this decrypted IP packet to the TUN device;
+* :class:`ListenPortChanged`, :class:`FwmarkChanged`: a UAPI ``set`` changed how the UDP socket
+  must be bound: rebind it;
+* the rest are *events*, for logs, statistics and tests: :class:`HandshakeCompleted`,
+  :class:`HandshakeFailed`, :class:`KeyMaterialZeroed` and, when the core was built with
+  ``report_drops=True``, :class:`PacketDropped`.
+
+Dropped packets are always counted by reason in ``core.drops``
+(a ``dict[DropReason, int]``), whether or not they are also reported as events.
+
+An *endpoint* is the ``(host, port)`` pair a UDP socket uses: the host is an IP address as text
+(``"192.0.2.1"``, ``"fd00::1"``), never a name: the runtime resolves names first.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, TypeAlias
+
+import attrs
+
+if TYPE_CHECKING:
+    from minivpn.wireguard.keys import PublicKey
+
+__all__ = [
+    "Action",
+    "DeliverPacket",
+    "DropReason",
+    "Endpoint",
+    "FwmarkChanged",
+    "HandshakeCompleted",
+    "HandshakeFailed",
+    "KeyMaterialZeroed",
+    "ListenPortChanged",
+    "PacketDropped",
+    "SendDatagram",
+]
+
+#: A UDP address: an IP address as text (no host names) and a port.
+Endpoint: TypeAlias = tuple[str, int]
+
+
+class DropReason(enum.Enum):
+    """Why the core dropped a datagram or a packet.  The values are stable names for statistics."""
+
+    #: Not a WireGuard message: unknown type, wrong length.
+    MALFORMED = "malformed"
+    #: A handshake message arrived, or had to be sent, while the device has no private key.
+    NO_PRIVATE_KEY = "no_private_key"
+    #: A handshake message whose mac1 is wrong: it was not made for our public key.
+    INVALID_MAC1 = "invalid_mac1"
+    #: Under load, a handshake message without a valid mac2: we answered with a cookie reply.
+    COOKIE_REQUIRED = "cookie_required"
+    #: Under load, too many handshake messages from one source address.
+    RATE_LIMITED = "rate_limited"
+    #: An initiation that authenticates a static key that is not one of our peers.
+    UNKNOWN_PEER = "unknown_peer"
+    #: A handshake message that does not authenticate, or a response we are not waiting for.
+    HANDSHAKE_INVALID = "handshake_invalid"
+    #: An initiation whose timestamp is not newer than the last one accepted from that peer.
+    REPLAYED_INITIATION = "replayed_initiation"
+    #: An initiation less than 20 ms after the previous one accepted from that peer.
+    INITIATION_FLOOD = "initiation_flood"
+    #: A peer's public key is a low-order point: it is configured but can never be used.
+    LOW_ORDER_KEY = "low_order_key"
+    #: A cookie reply that does not decrypt, or answers nothing we sent.
+    INVALID_COOKIE_REPLY = "invalid_cookie_reply"
+    #: A response, cookie reply or data message whose receiver index is not ours (any more).
+    UNKNOWN_INDEX = "unknown_index"
+    #: A data message under a keypair older than REJECT_AFTER_TIME.
+    KEYPAIR_EXPIRED = "keypair_expired"
+    #: A data message that does not decrypt (tampered, or not for this keypair).
+    DECRYPTION_FAILED = "decryption_failed"
+    #: A data message whose counter was already seen, or is too old for the replay window.
+    REPLAYED_COUNTER = "replayed_counter"
+    #: A decrypted (or outgoing) packet that is not a well-formed IPv4/IPv6 packet.
+    INVALID_INNER_PACKET = "invalid_inner_packet"
+    #: A decrypted packet whose source address is not in the sending peer's allowed IPs.
+    DISALLOWED_SOURCE = "disallowed_source"
+    #: An outgoing packet whose destination is in no peer's allowed IPs.
+    NO_ROUTE = "no_route"
+    #: A datagram for a peer whose endpoint is not known yet.
+    NO_ENDPOINT = "no_endpoint"
+    #: A staged packet (waiting for a handshake) pushed out by a newer one: the queue is full.
+    STAGED_OVERFLOW = "staged_overflow"
+    #: Staged packets discarded: the handshake was given up, keys were zeroed, or the peer removed.
+    STAGED_FLUSHED = "staged_flushed"
+
+
+@attrs.frozen
+class SendDatagram:
+    """Send ``data`` as one UDP datagram to ``endpoint``.
+
+    Attributes:
+        data: the whole WireGuard message.
+        endpoint: where to send it.
+    """
+
+    data: bytes | bytearray = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
+    endpoint: Endpoint
+
+
+@attrs.frozen
+class DeliverPacket:
+    """Write ``packet``, a decrypted and authorised IP packet, to the TUN device.
+
+    Attributes:
+        packet: the inner IPv4/IPv6 packet, cut to the length its header gives.
+        public_key: the peer it came from.
+    """
+
+    packet: bytes = attrs.field(repr=lambda packet: f"<{len(packet)} bytes>")
+    public_key: PublicKey
+
+
+@attrs.frozen
+class HandshakeCompleted:
+    """A handshake with a peer completed: a new keypair is in use for sending.
+
+    For the initiator that is when the response arrives; for the responder, when the first data
+    message (often a keepalive) under the new keys arrives and confirms them.
+
+    Attributes:
+        public_key: the peer.
+        initiator: whether we sent the initiation.
+    """
+
+    public_key: PublicKey
+    initiator: bool
+
+
+@attrs.frozen
+class HandshakeFailed:
+    """We gave up retrying a handshake (after about REKEY_ATTEMPT_TIME) and dropped staged packets.
+
+    The next packet for the peer starts a new round of attempts.
+
+    Attributes:
+        public_key: the peer.
+        attempts: how many initiations were sent in this round.
+    """
+
+    public_key: PublicKey
+    attempts: int
+
+
+@attrs.frozen
+class KeyMaterialZeroed:
+    """No new session for 3 x REJECT_AFTER_TIME: every key and handshake state of a peer is gone.
+
+    Attributes:
+        public_key: the peer.
+    """
+
+    public_key: PublicKey
+
+
+@attrs.frozen
+class PacketDropped:
+    """A datagram or packet was dropped (only reported when the core has ``report_drops``).
+
+    Attributes:
+        reason: why.
+        public_key: the peer concerned, when known.
+    """
+
+    reason: DropReason
+    public_key: PublicKey | None = None
+
+
+@attrs.frozen
+class ListenPortChanged:
+    """UAPI set ``listen_port``: rebind the UDP socket to ``port`` (0: any free port).
+
+    Attributes:
+        port: the new port.
+    """
+
+    port: int
+
+
+@attrs.frozen
+class FwmarkChanged:
+    """UAPI set ``fwmark``: apply it to the UDP socket with ``SO_MARK`` (0: none).
+
+    Attributes:
+        fwmark: the new mark.
+    """
+
+    fwmark: int
+
+
+Action: TypeAlias = (
+    SendDatagram
+    | DeliverPacket
+    | HandshakeCompleted
+    | HandshakeFailed
+    | KeyMaterialZeroed
+    | PacketDropped
+    | ListenPortChanged
+    | FwmarkChanged
+)
