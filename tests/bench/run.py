@@ -60,61 +60,79 @@ def minivpn_cmd() -> list[str]:
 
 
 class Setup:
-    """How to bring one program up between two namespaces; returns the inner address of B."""
+    """How to bring one program up between two namespaces.
+
+    ``up`` returns the inner address of B and the PIDs of the tunnel processes (for RSS).
+    """
 
     def __init__(
-        self, name: str, net: int, up: Callable[[Topology, Namespace, Namespace, int], str]
+        self,
+        name: str,
+        net: int,
+        up: Callable[[Topology, Namespace, Namespace, int], tuple[str, list[int]]],
     ):
         self.name, self.net, self.up = name, net, up
 
 
-def setup_veth(topo: Topology, a: Namespace, b: Namespace, net: int) -> str:
-    return b.addr4
+def setup_veth(topo: Topology, a: Namespace, b: Namespace, net: int) -> tuple[str, list[int]]:
+    return b.addr4, []
 
 
-def setup_wireguard_go(topo: Topology, a: Namespace, b: Namespace, net: int) -> str:
-    keys = {}
-    for side in "ab":
-        priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout
-        pub = subprocess.run(
-            ["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True
-        ).stdout
-        keys[side] = (priv.strip(), pub.strip())
-    for side, ns, other, peer_addr in (("a", a, "b", b.addr4), ("b", b, "a", a.addr4)):
-        dev = f"wgb{net}{side}"
-        ns.popen(["wireguard-go", "-f", dev], env={**os.environ, "LOG_LEVEL": "error"})
-        _wait_for(lambda ns=ns, dev=dev: _link_exists(ns, dev))
-        keyfile = Path(f"/run/bench-{dev}.key")
-        keyfile.write_text(keys[side][0] + "\n")
-        keyfile.chmod(0o600)
-        _wait_for(lambda dev=dev: Path(f"/var/run/wireguard/{dev}.sock").exists())
-        other_inner = f"10.99.{net}.{2 if side == 'a' else 1}/32"
-        ns.run(
-            [
-                "wg",
-                "set",
-                dev,
-                "private-key",
-                str(keyfile),
-                "listen-port",
-                str(PORT),
-                "peer",
-                keys[other][1],
-                "allowed-ips",
-                other_inner,
-                "endpoint",
-                f"{peer_addr}:{PORT}",
-            ]
-        )
-        ns.ip("addr", "add", f"10.99.{net}.{1 if side == 'a' else 2}/24", "dev", dev)
-        ns.ip("link", "set", dev, "mtu", str(MTU), "up")
-    return f"10.99.{net}.2"
+def _keypair() -> tuple[str, str]:
+    priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout
+    pub = subprocess.run(
+        ["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True
+    ).stdout
+    return priv.strip(), pub.strip()
 
 
-def _setup_minivpn_tunnel(transport: str) -> Callable[[Topology, Namespace, Namespace, int], str]:
-    def setup(topo: Topology, a: Namespace, b: Namespace, net: int) -> str:
-        common = [f"--{transport}", "--mtu", str(MTU)]
-        b.popen(
+def _setup_userspace_wireguard(
+    daemon: Callable[[str], list[str]], tag: str
+) -> Callable[[Topology, Namespace, Namespace, int], tuple[str, list[int]]]:
+    """Any program with wireguard-go's contract (``PROG -f IFNAME`` + UAPI), set up with wg."""
+
+    def setup(topo: Topology, a: Namespace, b: Namespace, net: int) -> tuple[str, list[int]]:
+        keys = {"a": _keypair(), "b": _keypair()}
+        pids = []
+        for side, ns, other, peer_addr in (("a", a, "b", b.addr4), ("b", b, "a", a.addr4)):
+            dev = f"{tag}{net}{side}"
+            proc = ns.popen(daemon(dev), env={**os.environ, "LOG_LEVEL": "error"})
+            pids.append(proc.pid)
+            _wait_for(lambda dev=dev: Path(f"/var/run/wireguard/{dev}.sock").exists())
+            keyfile = Path(f"/run/bench-{dev}.key")
+            keyfile.write_text(keys[side][0] + "\n")
+            keyfile.chmod(0o600)
+            other_inner = f"10.99.{net}.{2 if side == 'a' else 1}/32"
+            ns.run(
+                [
+                    "wg",
+                    "set",
+                    dev,
+                    "private-key",
+                    str(keyfile),
+                    "listen-port",
+                    str(PORT),
+                    "peer",
+                    keys[other][1],
+                    "allowed-ips",
+                    other_inner,
+                    "endpoint",
+                    f"{peer_addr}:{PORT}",
+                ]
+            )
+            ns.ip("addr", "add", f"10.99.{net}.{1 if side == 'a' else 2}/24", "dev", dev)
+            ns.ip("link", "set", dev, "mtu", str(MTU), "up")
+        return f"10.99.{net}.2", pids
+
+    return setup
+
+
+def _setup_minivpn_tunnel(
+    transport: str, *extra: str
+) -> Callable[[Topology, Namespace, Namespace, int], tuple[str, list[int]]]:
+    def setup(topo: Topology, a: Namespace, b: Namespace, net: int) -> tuple[str, list[int]]:
+        common = [f"--{transport}", "--mtu", str(MTU), *extra]
+        pb = b.popen(
             [
                 *minivpn_cmd(),
                 "tunnel",
@@ -126,7 +144,7 @@ def _setup_minivpn_tunnel(transport: str) -> Callable[[Topology, Namespace, Name
                 *common,
             ]
         )
-        a.popen(
+        pa = a.popen(
             [
                 *minivpn_cmd(),
                 "tunnel",
@@ -138,17 +156,51 @@ def _setup_minivpn_tunnel(transport: str) -> Callable[[Topology, Namespace, Name
                 *common,
             ]
         )
-        return f"10.99.{net}.2"
+        return f"10.99.{net}.2", [pa.pid, pb.pid]
 
     return setup
 
 
 SETUPS = {
     "veth": Setup("veth", 0, setup_veth),
-    "wireguard-go": Setup("wireguard-go", 1, setup_wireguard_go),
-    "minivpn-tunnel-udp": Setup("minivpn-tunnel-udp", 2, _setup_minivpn_tunnel("udp")),
-    "minivpn-tunnel-tcp": Setup("minivpn-tunnel-tcp", 3, _setup_minivpn_tunnel("tcp")),
+    "wireguard-go": Setup(
+        "wireguard-go", 1, _setup_userspace_wireguard(lambda dev: ["wireguard-go", "-f", dev], "wg")
+    ),
+    "minivpn": Setup(
+        "minivpn",
+        2,
+        _setup_userspace_wireguard(
+            lambda dev: [sys.executable, "-m", "minivpn.daemon", "-f", dev], "mv"
+        ),
+    ),
+    "minivpn-tunnel-udp": Setup("minivpn-tunnel-udp", 3, _setup_minivpn_tunnel("udp")),
+    "minivpn-tunnel-tcp": Setup("minivpn-tunnel-tcp", 4, _setup_minivpn_tunnel("tcp")),
+    "minivpn-tunnel-udp-offload": Setup(
+        "minivpn-tunnel-udp-offload", 5, _setup_minivpn_tunnel("udp", "--offload")
+    ),
 }
+
+
+def rss_kib(pids: list[int]) -> int:
+    """Resident memory of the processes (and their children), in KiB."""
+    total = 0
+    for pid in pids:
+        for task in (pid, *_children(pid)):
+            try:
+                for line in Path(f"/proc/{task}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [int(k) for k in kids] + [g for k in kids for g in _children(int(k))]
 
 
 def iperf(a: Namespace, b: Namespace, dst: str, duration: int, streams: int) -> float:
@@ -184,57 +236,76 @@ def ping_rtt(a: Namespace, dst: str) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("programs", nargs="*", default=list(SETUPS))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("programs", nargs="*", default=list(SETUPS), help=", ".join(SETUPS))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5)
-    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument(
+        "--streams", default="1", help="comma-separated iperf3 stream counts, e.g. 1,4"
+    )
     args = parser.parse_args()
     if os.environ.get("MINIVPN_ISOLATED") != "1":
-        os.execvp(
-            str(ROOT / "netns/isolate"), [str(ROOT / "netns/isolate"), sys.executable, *sys.argv]
-        )
-    for tool in ("iperf3", "ping", "ss") + (
-        ("wireguard-go", "wg") if "wireguard-go" in args.programs else ()
-    ):
+        isolate = str(ROOT / "netns/isolate")
+        os.execvp(isolate, [isolate, sys.executable, *sys.argv])
+    for tool in ("iperf3", "ping", "ss", "wireguard-go", "wg"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is not installed")
-    programs = [p for p in args.programs if p in SETUPS]
+    unknown = set(args.programs) - set(SETUPS)
+    if unknown:
+        parser.error(f"unknown programs: {', '.join(sorted(unknown))}")
+    programs = [p for p in SETUPS if p in args.programs]
     if "wireguard-go" not in programs:
         programs.insert(0, "wireguard-go")
-    results: dict[str, list[float]] = {p: [] for p in programs}
+    stream_counts = [int(n) for n in args.streams.split(",")]
+    results: dict[tuple[str, int], list[float]] = {
+        (p, n): [] for p in programs for n in stream_counts
+    }
     rtts: dict[str, list[float]] = {p: [] for p in programs}
+    rss: dict[str, int] = {}
     with Topology("bn") as topo:
         ends = {}
         for name in programs:
             setup = SETUPS[name]
             a, b = topo.pair(subnet=100 + setup.net)
-            dst = setup.up(topo, a, b, setup.net)
+            dst, pids = setup.up(topo, a, b, setup.net)
             _wait_for(lambda a=a, dst=dst: _ping_ok(a, dst), timeout=20)
-            ends[name] = (a, b, dst)
+            ends[name] = (a, b, dst, pids)
             print(f"bench: {name} up", file=sys.stderr)
         for r in range(args.rounds):
             order = programs[r % len(programs) :] + programs[: r % len(programs)]
             for name in order:
-                a, b, dst = ends[name]
-                mbit = iperf(a, b, dst, args.duration, args.streams)
+                a, b, dst, pids = ends[name]
+                for streams in stream_counts:
+                    mbit = iperf(a, b, dst, args.duration, streams)
+                    results[(name, streams)].append(mbit)
+                    print(
+                        f"bench: round {r + 1} {name} -P {streams}: {mbit:.0f} Mbit/s",
+                        file=sys.stderr,
+                    )
                 rtt = ping_rtt(a, dst)
-                results[name].append(mbit)
                 rtts[name].append(rtt)
-                print(
-                    f"bench: round {r + 1} {name}: {mbit:.0f} Mbit/s, ping {rtt:.3f} ms",
-                    file=sys.stderr,
-                )
-    ref = statistics.median(results["wireguard-go"])
-    print("\n| program | min | median | max | ratio to wireguard-go | ping avg ms (median) |")
-    print("|---|---|---|---|---|---|")
+                print(f"bench: round {r + 1} {name}: ping {rtt:.3f} ms", file=sys.stderr)
+        for name in programs:
+            pids = ends[name][3]
+            rss[name] = rss_kib(pids) // max(len(pids), 1)
+    print(
+        f"\n{args.rounds} rounds x {args.duration} s, tunnel MTU {MTU}, Mbit/s at the iperf3 "
+        "receiver (median, with min..max); ratio = median / wireguard-go's median\n"
+    )
+    header = "| program |"
+    for streams in stream_counts:
+        header += f" TCP -P {streams} | ratio |"
+    print(header + " ping avg ms | RSS per end (MiB) |")
+    print("|---|" + "---|---|" * len(stream_counts) + "---|---|")
     for name in programs:
-        vals = results[name]
-        med = statistics.median(vals)
-        print(
-            f"| {name} | {min(vals):.0f} | {med:.0f} | {max(vals):.0f} | {med / ref:.2f} "
-            f"| {statistics.median(rtts[name]):.3f} |"
-        )
+        row = f"| {name} |"
+        for streams in stream_counts:
+            vals = results[(name, streams)]
+            med = statistics.median(vals)
+            ref = statistics.median(results[("wireguard-go", streams)])
+            row += f" {med:.0f} ({min(vals):.0f}..{max(vals):.0f}) | {med / ref:.2f} |"
+        memory = f"{rss[name] / 1024:.1f}" if rss[name] else "-"
+        print(row + f" {statistics.median(rtts[name]):.3f} | {memory} |")
     return 0
 
 
