@@ -18,7 +18,7 @@ from minivpn import __version__
 from minivpn.errors import MinivpnError
 
 #: Sub-command modules, in the order ``minivpn --help`` lists them.
-COMMAND_MODULES = ("tun", "dump", "tunnel", "keys", "show", "up")
+COMMAND_MODULES = ("tun", "dump", "tunnel", "keys", "show", "up", "demo")
 
 Handler = Callable[[argparse.Namespace], int]
 
