@@ -1,0 +1,155 @@
+"""``minivpn up`` and ``minivpn down``: a WireGuard interface from a configuration file.
+
+::
+
+    minivpn up CONFIG|NAME [--foreground]
+    minivpn down NAME|CONFIG
+
+``up`` does what ``wg-quick up`` does with a userspace implementation, in one process:
+
+1. read the file (``NAME`` alone means ``/etc/wireguard/NAME.conf``; the interface is named
+   after the file, ``wg0.conf`` makes ``wg0``); errors name the file and line;
+2. resolve the peers' endpoint host names;
+3. create the UAPI socket and the TUN device, set the MTU (``MTU``, else 1420), add the
+   addresses (``Address``), bring the link up and add a route for each peer's ``AllowedIPs``
+   (honouring ``Table``);
+4. go to the background (unless ``--foreground``) and run the interface; the command returns
+   once the UDP sockets are bound, or fails with the reason (e.g. the port is in use), leaving
+   nothing behind.
+
+Decisions that differ from wg-quick, on purpose:
+
+* ``DNS``, ``PreUp``, ``PostUp``, ``PreDown``, ``PostDown`` and ``SaveConfig`` are read but
+  not acted upon, with one warning naming them: minivpn does not run shell commands or rewrite
+  the resolver configuration.  Run those steps yourself around ``up`` and ``down``.
+* A ``/0`` in AllowedIPs with automatic routing is refused: wg-quick sets up fwmark policy
+  routing for it, which ``up`` does not (see :func:`~minivpn.runtime.interface.plan_routes`).
+  ``Table = off`` or ``Table = NUMBER`` allow it.
+* The MTU defaults to 1420 rather than being derived from the route to the endpoints.
+
+``down`` removes the socket file: the interface's process notices and stops, and with its TUN
+device go the addresses and routes.  A device still there after 5 seconds is deleted through
+netlink.  SIGINT/SIGTERM to the process (Ctrl-C with ``--foreground``) do the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from minivpn.runtime.interface import (
+    DEFAULT_MTU,
+    DOWN_TIMEOUT,
+    Readiness,
+    configure_link,
+    daemonize,
+    ignored_keys,
+    interface_name_of,
+    locate_config,
+    open_interface,
+    plan_routes,
+    require_cap_net_admin,
+    resolve_endpoints,
+    serve_until_stopped,
+    stop_signals_held,
+    take_down,
+    user_error_messages,
+)
+from minivpn.wireguard.config import load_config
+
+if TYPE_CHECKING:
+    import argparse
+
+    from minivpn.wireguard.core import WireGuardCore
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``up`` and ``down`` to the ``minivpn`` parser."""
+    up = subparsers.add_parser(
+        "up",
+        help="bring a WireGuard interface up from a config file (like wg-quick up)",
+        description="Bring a WireGuard interface up from a configuration file, as wg-quick "
+        "does: TUN device, MTU, addresses, routes for AllowedIPs, and the UAPI socket for wg. "
+        "DNS and the Pre/Post Up/Down hooks are ignored (with a warning).",
+    )
+    up.add_argument(
+        "config",
+        metavar="CONFIG|NAME",
+        help="a file such as ./wg0.conf (the interface is named after it), "
+        "or NAME for /etc/wireguard/NAME.conf",
+    )
+    up.add_argument(
+        "-f",
+        "--foreground",
+        action="store_true",
+        help="stay in the foreground, logging to stderr, until Ctrl-C or SIGTERM",
+    )
+    up.set_defaults(func=cmd_up)
+
+    down = subparsers.add_parser(
+        "down",
+        help="take a WireGuard interface down (like wg-quick down)",
+        description="Stop a running interface: its process exits and its device, addresses, "
+        "routes and socket go with it.",
+    )
+    down.add_argument("name", metavar="NAME|CONFIG", help="the interface, or its config file")
+    down.set_defaults(func=cmd_down)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """``minivpn up``: see the module documentation."""
+    path, name = locate_config(args.config)
+    filename = str(path)
+    config = load_config(path)
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    ignored = ignored_keys(config)
+    if ignored:
+        log.warning(
+            "%s: ignoring %s: minivpn does not change the DNS configuration, run commands or "
+            "save the configuration; do those steps yourself",
+            filename,
+            ", ".join(ignored),
+        )
+    routes = plan_routes(config, filename, name)
+    require_cap_net_admin(f"bring {name} up")
+    endpoints = resolve_endpoints(config, filename)
+    mtu = config.interface.mtu or DEFAULT_MTU
+
+    def build_core(now: float) -> WireGuardCore:
+        from minivpn.wireguard.core import WireGuardCore
+
+        return WireGuardCore.from_config(config, now=now, endpoints=endpoints, mtu=mtu)
+
+    with stop_signals_held():
+        interface = open_interface(name, exclusive=True)
+        try:
+            configure_link(name, mtu=mtu, addresses=config.interface.addresses, routes=routes)
+        except BaseException:
+            interface.close()  # the device goes, and with it what was configured so far
+            raise
+        if args.foreground:
+            serve_until_stopped(interface, build_core, Readiness())
+            return 0
+        readiness = daemonize(program="minivpn", keep_output=False, wait_for_readiness=True)
+        # From here on this is the daemon: the parent reports what it is told and exits.
+        try:
+            serve_until_stopped(interface, build_core, readiness)
+        except BaseException as exc:
+            messages = user_error_messages(exc)
+            if messages is None:
+                log.exception("%s stopped on an internal error", name)
+                readiness.failed(f"{name}: internal error: {exc!r}")
+            else:
+                readiness.failed("; ".join(messages))
+            return 1
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """``minivpn down``: see the module documentation."""
+    name = interface_name_of(args.name)
+    log.info("%s", take_down(name, timeout=DOWN_TIMEOUT))
+    return 0
