@@ -160,6 +160,7 @@ class _Interface:
 
     def carry_out(self, actions: Sequence[Action]) -> None:
         """Do what the core asked: send datagrams, log events, rebind."""
+        rebind = False
         for action in actions:
             if isinstance(action, SendDatagram):
                 self.send_one(action.data, action.endpoint)
@@ -172,7 +173,9 @@ class _Interface:
                     action.attempts,
                 )
             elif isinstance(action, ListenPortChanged | FwmarkChanged):
-                self.restart_sockets()
+                rebind = True  # `wg setconf` sends both: rebind once, after the batch
+        if rebind:
+            self.restart_sockets()
         self.poke_timers()
 
     def send_one(self, data: bytes | bytearray | memoryview, endpoint: tuple[str, int]) -> None:
@@ -185,7 +188,18 @@ class _Interface:
             _log_send_error(exc, endpoint)
 
     def restart_sockets(self) -> None:
-        """Rebind (new listen port or fwmark): the socket tasks restart with the new sockets."""
+        """Apply a new listen port or fwmark.
+
+        The same port (``wg setconf`` always sends one): only the mark is set on the sockets
+        there are.  Another port: new sockets are bound first (so a port in use leaves the old
+        ones working), and the socket tasks restart on them.
+        """
+        bound = next(iter(self.sockets.values())).getsockname()[1] if self.sockets else None
+        if self.core.listen_port in (0, bound) and bound is not None:
+            self.core.listen_port = bound
+            for sock in self.sockets.values():
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.core.fwmark)
+            return
         self.bind(self.core.listen_port)
         if self.socket_scope is not None:
             self.socket_scope.cancel()
@@ -367,14 +381,25 @@ async def _timers(iface: _Interface) -> None:
 
 async def _watch_link(iface: _Interface) -> None:
     """Follow the link's MTU and up/down state (the link may live in another namespace)."""
+    # The link is looked up by name, which only means our link while it is in our namespace
+    # with the index it had at start: once moved (ip link set NAME netns X), another link may
+    # take the name here, so the MTU is then left as it was.
+    index = _if_index(iface.device.name)
     while True:
         await trio.sleep(1.0)
-        # Moved to another namespace, the link cannot be looked up by name: keep the MTU.
-        with contextlib.suppress(TunError):
-            iface.core.mtu = iface.device.mtu()
+        if index is not None and _if_index(iface.device.name) == index:
+            with contextlib.suppress(TunError):
+                iface.core.mtu = iface.device.mtu()
         if not iface.link_up and _link_is_up(iface.device):
             iface.link_up = True
             log.info("link %s is up", iface.device.name)
+
+
+def _if_index(name: str) -> int | None:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
 
 
 def _link_is_up(device: TunDevice) -> bool:
