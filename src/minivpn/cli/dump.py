@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -83,12 +84,23 @@ def run(args: argparse.Namespace) -> int:
     )
     result = DumpResult()
 
-    def emit(line: str) -> None:
-        print(line, flush=True)
-
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+
+            def emit(line: str) -> None:
+                try:
+                    print(line, flush=True)
+                except BrokenPipeError:
+                    # Whoever read our output is gone (``minivpn dump | head``): stop, as
+                    # tcpdump does.  Point stdout at /dev/null so that flushing it at exit
+                    # cannot fail a second time.
+                    devnull = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(devnull, sys.stdout.fileno())
+                    os.close(devnull)
+                    nursery.cancel_scope.cancel()
+
+            # Signals are caught before anything is set up, so SIGTERM always ends it cleanly.
+            await nursery.start(_stop_on_signals, nursery.cancel_scope)
 
             async def dump_then_stop(*, task_status: trio.TaskStatus[str]) -> None:
                 await run_dump(config, emit, result=result, task_status=task_status)
@@ -103,8 +115,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stop_on_signals(scope: trio.CancelScope) -> None:
+async def _stop_on_signals(
+    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for _ in signals:
             scope.cancel()
             return

@@ -146,22 +146,34 @@ def run(args: argparse.Namespace) -> int:
         offload=args.offload,
     )
     counters = Counters()
+    started = False
 
     async def main() -> None:
+        nonlocal started
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
-            await run_tunnel(config, counters=counters)
-            nursery.cancel_scope.cancel()
+            # Signals are caught before anything is set up, so SIGTERM always ends it cleanly.
+            await nursery.start(_stop_on_signals, nursery.cancel_scope)
+
+            async def tunnel_then_stop(*, task_status: trio.TaskStatus[object]) -> None:
+                await run_tunnel(config, counters=counters, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            await nursery.start(tunnel_then_stop)
+            started = True
 
     try:
         trio.run(main)
     finally:
-        log.info("%s", counters.summary())
+        if started:  # a tunnel that never ran has nothing to count
+            log.info("%s", counters.summary())
     return 0
 
 
-async def _stop_on_signals(scope: trio.CancelScope) -> None:
+async def _stop_on_signals(
+    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("%s: detaching", signal.Signals(signum).name)
             scope.cancel()

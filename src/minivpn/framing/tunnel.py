@@ -4,9 +4,9 @@ The plain tunnel (``minivpn tunnel``) carries one packet per UDP datagram, or le
 frames over TCP (:mod:`.stream`).  It has no authentication, so it can only do two cheap
 things to keep junk out of the device:
 
-* :func:`check_payload` looks at the first bytes: a TUN packet must start like an IPv4 or IPv6
-  header, a TAP frame must be at least an Ethernet header long.  Anything else is dropped and
-  counted, never written to the device.
+* :func:`check_payload` looks at the first bytes: a TUN packet must be at least an IPv4 or
+  IPv6 header long and start like one, a TAP frame must be at least an Ethernet header long.
+  Anything else is dropped and counted, never written to the device.
 * :class:`PeerFollower` decides, on the listening side of a UDP tunnel, which address is the
   peer: the first sender of a valid datagram.  The peer may move (a new address after a
   DHCP renewal or a NAT rebinding): the follower switches to a new sender once the current
@@ -16,8 +16,9 @@ things to keep junk out of the device:
 This is a heuristic, not security: anyone who can send a well-formed packet while the peer is
 quiet takes over the tunnel.  That is what the WireGuard mode (``minivpn up``) is for.
 
-Offload frames (``--offload``) carry a 10-byte virtio-net header in front of the packet, as the
-kernel reads and writes them with ``IFF_VNET_HDR``; see :func:`check_payload`.
+Offload frames (``--offload``) carry a 10-byte virtio-net header in front of the packet (behind
+the PI header, if any), as the kernel reads and writes them with ``IFF_VNET_HDR``; see
+:func:`check_payload`.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ _VNET_FLAGS = 0x07
 #: Valid ``gso_type`` values: NONE, TCPV4, UDP (UFO), TCPV6, UDP_L4 (USO), each maybe | ECN.
 _VNET_GSO_TYPES = frozenset({0, 1, 3, 4, 5}) | frozenset({t | 0x80 for t in (1, 3, 4, 5)})
 
-_PI_PROTO = struct.Struct("!H")
+_PI_PROTO = struct.Struct("!H")  # the protocol (EtherType) at offset 2 of the PI header
+_PI_LENGTH = 4
+_IPV4_HEADER, _IPV6_HEADER = 20, 40
 _ETHERTYPE_IPV4 = 0x0800
 _ETHERTYPE_IPV6 = 0x86DD
 _ETHERNET_HEADER = 14
@@ -64,8 +67,14 @@ def check_payload(
 ) -> str | None:
     """Say why ``data[:length]`` must not be written to the device, or None if it may be.
 
-    Only the first bytes are looked at: the kernel checks the rest when the packet is written,
+    Only the headers in front are looked at: an IP packet must be at least an IPv4 (20 bytes)
+    or IPv6 (40 bytes) header long with the matching version, an Ethernet frame at least an
+    Ethernet header (14 bytes) long.  The kernel checks the rest when the packet is written,
     and refuses (``EINVAL``) what it cannot use.
+
+    The layout is the device's, in the kernel's order (``tun_get_user`` in
+    drivers/net/tun.c): the PI header if any, then the virtio-net header if any, then the
+    packet or frame.
 
     Args:
         data: a buffer holding the datagram (only the first *length* bytes count).
@@ -76,35 +85,29 @@ def check_payload(
     Returns:
         A drop reason (``"malformed"``, ``"offload-mismatch"``) or None.
     """
-    offset = 0
+    pi = kind in (PayloadKind.IP_PI, PayloadKind.ETHERNET_PI)
+    start = _PI_LENGTH if pi else 0  # where the virtio header, or else the packet, starts
+    if length < start + 1:
+        return "malformed"
     if vnet:
-        if length < VNET_HDR_LEN + 1:
+        if length < start + VNET_HDR_LEN + 1:
             return "malformed"
-        if data[0] & ~_VNET_FLAGS or data[1] not in _VNET_GSO_TYPES:
+        if data[start] & ~_VNET_FLAGS or data[start + 1] not in _VNET_GSO_TYPES:
             # A bare IP packet starts with 0x45 or 0x6X, never a valid virtio header.
             return "offload-mismatch"
-        offset = VNET_HDR_LEN
-    elif kind is PayloadKind.IP and length and data[0] & 0xF0 not in (0x40, 0x60):
-        # A virtio header starts with 0..7: the peer is probably using --offload.
-        return "offload-mismatch" if data[0] <= _VNET_FLAGS else "malformed"
-    if kind is PayloadKind.IP:
-        if length <= offset or data[offset] >> 4 not in (4, 6):
-            return "malformed"
-    elif kind is PayloadKind.IP_PI:
-        if length < offset + 5:
-            return "malformed"
-        (proto,) = _PI_PROTO.unpack_from(data, offset + 2)
-        version = data[offset + 4] >> 4
-        if not (
-            (proto == _ETHERTYPE_IPV4 and version == 4)
-            or (proto == _ETHERTYPE_IPV6 and version == 6)
-        ):
-            return "malformed"
-    elif kind is PayloadKind.ETHERNET:
-        if length < offset + _ETHERNET_HEADER:
-            return "malformed"
-    elif length < offset + 4 + _ETHERNET_HEADER:
+        start += VNET_HDR_LEN
+    if kind is PayloadKind.ETHERNET or kind is PayloadKind.ETHERNET_PI:
+        return None if length >= start + _ETHERNET_HEADER else "malformed"
+    version = data[start] >> 4
+    if version not in (4, 6):
+        # A virtio header starts with 0..7: the peer probably uses --offload and we do not.
+        return "offload-mismatch" if not vnet and data[start] <= _VNET_FLAGS else "malformed"
+    if length < start + (_IPV4_HEADER if version == 4 else _IPV6_HEADER):
         return "malformed"
+    if pi:
+        (proto,) = _PI_PROTO.unpack_from(data, 2)
+        if proto != (_ETHERTYPE_IPV4 if version == 4 else _ETHERTYPE_IPV6):
+            return "malformed"
     return None
 
 

@@ -3,7 +3,7 @@
 This is the smallest complete tunnel, and the runtime pattern the VPN reuses.  The task tree of
 one running tunnel::
 
-    run_tunnel                      attach the device, configure it, open the transport
+    run_tunnel                      open the socket, attach the device, configure it
     └── nursery
         ├── report_on_signal        SIGUSR1: print the counters
         ├── UDP:  device_to_udp     wait_readable(device) -> drain: read, send
@@ -167,29 +167,43 @@ async def run_tunnel(
         "this tunnel is NOT encrypted or authenticated: anyone on the path can read and inject"
         " packets (use `minivpn up` for a WireGuard VPN)"
     )
-    async with open_tun_device(
-        config.device, config.mode, pi=config.pi, vnet_hdr=config.offload
-    ) as device:
-        _configure_device(device, config)
-        tunnel = _Tunnel(
-            config, device, counters, RateLimitedLog(log.warning), PeerFollower(config.roam_after)
-        )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_report_on_signal, counters)
-            if config.transport == "udp":
-                sock = await _udp_socket(config)
-                with sock:
+    # The socket comes first: a port in use or an unreachable peer is reported before any
+    # device is made or configured.  The connecting side of TCP connects later, and again
+    # whenever the connection ends.
+    if config.transport == "udp":
+        sock: socket.socket | None = await _udp_socket(config)
+    elif config.listen is not None:
+        sock = await _tcp_listener(config)
+    else:
+        sock = None
+    try:
+        async with open_tun_device(
+            config.device, config.mode, pi=config.pi, vnet_hdr=config.offload
+        ) as device:
+            _configure_device(device, config)
+            tunnel = _Tunnel(
+                config,
+                device,
+                counters,
+                RateLimitedLog(log.warning),
+                PeerFollower(config.roam_after),
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_report_on_signal, counters)
+                if config.transport == "udp":
+                    assert sock is not None
                     nursery.start_soon(_device_to_udp, tunnel, sock)
                     nursery.start_soon(_udp_to_device, tunnel, sock)
-                    task_status.started(device)
-                    await trio.sleep_forever()
-            else:
-                nursery.start_soon(_device_to_tcp, tunnel)
-                if config.listen is not None:
-                    await nursery.start(_tcp_listen, tunnel)
                 else:
-                    nursery.start_soon(_tcp_connect, tunnel)
+                    nursery.start_soon(_device_to_tcp, tunnel)
+                    if sock is not None:
+                        nursery.start_soon(_tcp_accept, tunnel, sock)
+                    else:
+                        nursery.start_soon(_tcp_connect, tunnel)
                 task_status.started(device)
+    finally:
+        if sock is not None:
+            sock.close()  # every task using it has ended with the nursery
 
 
 def _configure_device(device: TunDevice, config: TunnelConfig) -> None:
@@ -287,7 +301,12 @@ async def _udp_socket(config: TunnelConfig) -> socket.socket:
         family, sockaddr = await _resolve(*config.connect, passive=False, kind=socket.SOCK_DGRAM)
         sock = _new_socket(family, socket.SOCK_DGRAM)
         # A connected UDP socket: the kernel drops datagrams from anyone but the peer.
-        sock.connect(sockaddr)
+        # Connecting sends nothing; it only fails when there is no route to the peer.
+        try:
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            raise TunnelError(f"cannot reach {_show(config.connect)}: {exc.strerror}") from None
     return sock
 
 
@@ -384,7 +403,7 @@ async def _udp_to_device(tunnel: _Tunnel, sock: socket.socket) -> None:
                     log.info(
                         "peer %s %s",
                         "is" if verdict is PeerVerdict.NEW_PEER else "moved to",
-                        sender,
+                        _peer(sender),
                     )
             if write(view[:n]):
                 counters.rx_packets += 1
@@ -520,33 +539,37 @@ async def _tcp_to_device(tunnel: _Tunnel, conn: socket.socket) -> None:
                 tunnel.drop(
                     "device-refused", "the device refused a packet (link down or malformed)"
                 )
+        # While the peer keeps sending, recv never blocks: yield, or the other direction (and
+        # signals, and cancellation) would wait for the flood to end.
+        await trio.lowlevel.checkpoint()
 
 
-async def _tcp_listen(
-    tunnel: _Tunnel, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """Accept connections; each new one replaces the current one."""
-    assert tunnel.config.listen is not None
-    family, sockaddr = await _resolve(*tunnel.config.listen, passive=True, kind=socket.SOCK_STREAM)
+async def _tcp_listener(config: TunnelConfig) -> socket.socket:
+    """A TCP socket listening on the configured address and port."""
+    assert config.listen is not None
+    family, sockaddr = await _resolve(*config.listen, passive=True, kind=socket.SOCK_STREAM)
     listener = _new_socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    _bind(listener, sockaddr, _show(tunnel.config.listen))
+    _bind(listener, sockaddr, _show(config.listen))
     listener.listen(4)
-    task_status.started()
-    with listener:
-        async with trio.open_nursery() as nursery:
-            while True:
-                try:
-                    conn, peer = listener.accept()
-                except BlockingIOError:
-                    await trio.lowlevel.wait_readable(listener)
-                    continue
-                except OSError as exc:
-                    log.warning("accept failed: %s", exc.strerror)
-                    await trio.sleep(0.1)
-                    continue
-                conn.setblocking(False)
-                nursery.start_soon(_serve_connection, tunnel, conn, _peer(peer))
+    return listener
+
+
+async def _tcp_accept(tunnel: _Tunnel, listener: socket.socket) -> None:
+    """Accept connections; each new one replaces the current one."""
+    async with trio.open_nursery() as nursery:
+        while True:
+            try:
+                conn, peer = listener.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            except OSError as exc:
+                log.warning("accept failed: %s", exc.strerror)
+                await trio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            nursery.start_soon(_serve_connection, tunnel, conn, _peer(peer))
 
 
 async def _tcp_connect(tunnel: _Tunnel) -> None:
