@@ -33,6 +33,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import math
 import os
 import signal
 import socket
@@ -138,6 +139,8 @@ class _Tunnel:
     #: TCP: the connection packets from the device go to (None while there is none).
     connection: socket.socket | None = None
     connection_scope: trio.CancelScope | None = None
+    #: TCP: when the current connection last delivered bytes.
+    last_received: float = -math.inf
 
     def drop(self, reason: str, message: str | None = None) -> None:
         self.counters.drop(reason)
@@ -522,6 +525,7 @@ async def _tcp_to_device(tunnel: _Tunnel, conn: socket.socket) -> None:
             return
         if n == 0:
             return  # the peer closed the connection
+        tunnel.last_received = trio.current_time()
         try:
             decoder.feed(view[:n])
             frames = list(decoder.frames())
@@ -556,7 +560,10 @@ async def _tcp_listener(config: TunnelConfig) -> socket.socket:
 
 
 async def _tcp_accept(tunnel: _Tunnel, listener: socket.socket) -> None:
-    """Accept connections; each new one replaces the current one."""
+    """Accept connections; a new one replaces the current one once that has gone quiet.
+
+    "Quiet" is the UDP follower's rule: nothing received for ``roam_after`` seconds.
+    """
     async with trio.open_nursery() as nursery:
         while True:
             try:
@@ -569,6 +576,19 @@ async def _tcp_accept(tunnel: _Tunnel, listener: socket.socket) -> None:
                 await trio.sleep(0.1)
                 continue
             conn.setblocking(False)
+            if (
+                tunnel.connection is not None
+                and trio.current_time() - tunnel.last_received < tunnel.config.roam_after
+            ):
+                # The peer's connection is alive and talking: a second client does not get to
+                # take over (it would be thrown out again when the first reconnects, forever).
+                # A restarted peer gets in at once anyway: its old connection ended with a FIN.
+                conn.close()
+                tunnel.drop(
+                    "foreign-connection",
+                    f"refusing a connection from {_peer(peer)}: the peer's connection is active",
+                )
+                continue
             nursery.start_soon(_serve_connection, tunnel, conn, _peer(peer))
 
 
