@@ -494,6 +494,20 @@ def test_bad_tcp_frames_close_that_connection_only(topo: Topology, tmp_path: Pat
     ping_both_ways(attrs.evolve(pair, client=client))
 
 
+def test_a_second_tcp_client_is_refused_while_the_peer_is_active(
+    topo: Topology, tmp_path: Path
+) -> None:
+    pair = start_pair(topo, tmp_path, transport="tcp")
+    wait_for_ping(pair.a, INNER_B4, timeout=START)
+    # The peer has just carried pings, so its connection counts as active: an intruder (or a
+    # second client) is closed at once instead of throwing the peer out.
+    assert raw_tcp(pair.a, pair.b.addr4, b"\x00\x05hello", wait=STOP) == "closed"
+    pair.server.wait_for(r"refusing a connection from .*: the peer's connection is active")
+    assert report(pair.server).drops.get("foreign-connection") == 1
+    ping_both_ways(pair)
+    assert pair.server.count(r"^minivpn: connected to ") == 1, pair.server.describe()
+
+
 TCP_FLOOD = """
 import socket, struct, sys, time
 host, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
