@@ -27,4 +27,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
         if item.get_closest_marker("realroot") and (rootless or os.geteuid() != 0):
             item.add_marker(pytest.mark.skip(reason="needs real root to act as a second user"))
-
