@@ -54,7 +54,9 @@ def fails(*args: str) -> str:
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("minivpn: ")
+    assert lines[0].startswith(
+        "minivpn"
+    )  # "minivpn: ..." or argparse's "minivpn tun add: error: ..."
     return lines[0]
 
 

@@ -9,7 +9,7 @@ import sys
 
 import trio
 
-from minivpn.netconf import parse_interface
+from minivpn.cli import argtypes
 from minivpn.tuntap.ioctl import Mode
 
 DESCRIPTION = """\
@@ -22,20 +22,6 @@ example (as root):
   ping -c 3 10.9.0.2          # replies come from minivpn
   tcpdump -n -r ping.pcap
 """
-
-
-def _cidr(text: str) -> str:
-    try:
-        parse_interface(text)
-    except Exception as exc:  # NetconfError says what is wrong
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: the count must be a positive number")
-    return int(text)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,10 +40,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="CIDR",
         action="append",
         default=[],
-        type=_cidr,
+        type=argtypes.cidr,
         help="add this address to the device (repeatable)",
     )
-    p.add_argument("-c", "--count", type=_count, help="exit after this many packets")
+    p.add_argument("-c", "--count", type=argtypes.positive_int, help="exit after this many packets")
     p.add_argument(
         "-w", "--write", metavar="FILE.pcap", help="also write the packets to a pcap file"
     )

@@ -31,6 +31,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from minivpn import netconf
+from minivpn.cli import argtypes
 from minivpn.errors import MinivpnError
 from minivpn.tuntap import device, listing
 from minivpn.tuntap.ioctl import IFF_PERSIST, Mode, flag_names
@@ -127,7 +128,7 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         metavar="CIDR",
         help="add this address, e.g. 10.9.0.1/24 or fd00:9::1/64 (repeatable)",
     )
-    parser.add_argument("--mtu", type=int, help="set the MTU")
+    parser.add_argument("--mtu", type=argtypes.mtu, help="set the MTU")
     parser.add_argument("--up", action="store_true", help="bring the link up")
 
 

@@ -9,7 +9,7 @@ import signal
 
 import trio
 
-from minivpn.netconf import parse_interface
+from minivpn.cli import argtypes
 from minivpn.stats import Counters
 from minivpn.tuntap.ioctl import Mode
 
@@ -54,20 +54,6 @@ def parse_hostport(text: str, *, listen: bool) -> tuple[str, int]:
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: the port must be a number from 1 to 65535")
     return host, int(port_text)
-
-
-def _cidr(text: str) -> str:
-    try:
-        parse_interface(text)
-    except Exception as exc:  # NetconfError carries the message
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _mtu(text: str) -> int:
-    if not text.isdigit() or not 68 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: the MTU must be a number from 68 to 65535")
-    return int(text)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -117,10 +103,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="CIDR",
         action="append",
         default=[],
-        type=_cidr,
+        type=argtypes.cidr,
         help="add this address to the device (repeatable)",
     )
-    p.add_argument("--mtu", type=_mtu, help="set the device MTU")
+    p.add_argument("--mtu", type=argtypes.mtu, help="set the device MTU")
     p.add_argument(
         "--offload",
         action="store_true",
