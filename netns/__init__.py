@@ -145,21 +145,22 @@ class Topology:
         b.ip("link", "set", name_b, "up")
         return name_a, name_b
 
-    def pair(self, subnet: int = 100) -> tuple[Namespace, Namespace]:
+    def pair(self) -> tuple[Namespace, Namespace]:
         """Two namespaces joined by veth, with IPv4 and IPv6 addresses on the veth ends.
 
-        A gets 198.51.*subnet*.1/24 and fd00:5100:*subnet*::1/64, B gets .2 and ::2 (``subnet``
-        defaults to 100, the documentation range 198.51.100.0/24).  IPv6 duplicate address
-        detection is turned off so the addresses are usable at once.
+        A gets 198.51.100.1/24 and fd00:5100:100::1/64, B gets .2 and ::2.  Every pair uses the
+        same addresses: each lives in namespaces of its own, so they never meet, and they stay
+        inside the documentation range.  IPv6 duplicate address detection is turned off so the
+        addresses are usable at once.
         """
         a, b = self.namespace("a"), self.namespace("b")
         va, vb = self.veth(a, b)
         for i, (ns, link) in enumerate(((a, va), (b, vb)), start=1):
             ns.run(["sysctl", "-qw", f"net.ipv6.conf.{link}.accept_dad=0"])
-            ns.ip("addr", "add", f"198.51.{subnet}.{i}/24", "dev", link)
-            ns.ip("addr", "add", f"fd00:5100:{subnet}::{i}/64", "dev", link, "nodad")
-            ns.addr4 = f"198.51.{subnet}.{i}"
-            ns.addr6 = f"fd00:5100:{subnet}::{i}"
+            ns.ip("addr", "add", f"198.51.100.{i}/24", "dev", link)
+            ns.ip("addr", "add", f"fd00:5100:100::{i}/64", "dev", link, "nodad")
+            ns.addr4 = f"198.51.100.{i}"
+            ns.addr6 = f"fd00:5100:100::{i}"
             ns.veth = link
         return a, b
 

@@ -266,7 +266,7 @@ def main() -> int:
         ends = {}
         for name in programs:
             setup = SETUPS[name]
-            a, b = topo.pair(subnet=100 + setup.net)
+            a, b = topo.pair()
             dst, pids = setup.up(topo, a, b, setup.net)
             _wait_for(lambda a=a, dst=dst: _ping_ok(a, dst), timeout=20)
             ends[name] = (a, b, dst, pids)
