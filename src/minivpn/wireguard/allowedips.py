@@ -27,6 +27,19 @@ For ``wg show`` and UAPI ``get``, every peer's prefixes are also kept in inserti
 ordered dict per peer), as wireguard-go keeps a per-peer list: re-inserting a prefix moves it to
 the end of its owner's list, and moving it to another peer appends it there.
 
+Prefixes as integers
+--------------------
+A configuration can hold a hundred thousand prefixes: WireGuard's netns test gives one peer
+130,560 of them with ``wg setconf``.  An ``ipaddress`` network is convenient, but building one
+costs microseconds (it parses, validates and normalises), and so does turning it back into
+text; a hundred thousand of each add up to seconds.  So the table stores :class:`Prefix`
+values, three integers (IP version, prefix length, network address): the UAPI parser checks
+the text itself and builds them directly (:mod:`minivpn.wireguard.uapi`), and ``ipaddress``
+networks are only built where the API hands them out (:meth:`AllowedIPs.entries_for_peer`).
+:meth:`AllowedIPs.insert` and :meth:`AllowedIPs.remove` take networks (or text) for
+convenience; :meth:`AllowedIPs.insert_prefix`, :meth:`AllowedIPs.remove_prefix` and
+:meth:`AllowedIPs.prefixes_for_peer` are their fast counterparts.
+
 Peers are arbitrary objects compared by identity (``is``), so the table is generic over the
 peer type; ``None`` cannot be a peer, since :meth:`AllowedIPs.lookup` uses it for "no match".
 """
@@ -36,20 +49,77 @@ from __future__ import annotations
 import ipaddress
 from typing import Generic, TypeAlias, TypeVar
 
+import attrs
+
 from minivpn.wireguard.errors import WireGuardError
 
-__all__ = ["AllowedIPs", "InvalidNetwork", "Network"]
+__all__ = ["AllowedIPs", "InvalidNetwork", "Network", "Prefix"]
 
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PeerT = TypeVar("PeerT")
 
-#: The key of one prefix: (address length in bytes, prefix length, network bits).
+#: The key of one prefix in the tables: (address length in bytes, prefix length, network
+#: bits).  A plain tuple: it is built on every insertion and removal, and hashed in C.
 _PrefixKey: TypeAlias = tuple[int, int, int]
+
+#: Address width in bits, by IP version.
+_WIDTH = {4: 32, 6: 128}
 
 
 class InvalidNetwork(WireGuardError):
-    """A prefix given as text is not an IPv4 or IPv6 network in CIDR notation."""
+    """A prefix is not an IPv4 or IPv6 network (text not in CIDR notation, length out of
+    range, or a :class:`Prefix` with host bits set)."""
+
+
+def _check_address(prefix: Prefix, _attribute: object, address: int) -> None:
+    """Validate a :class:`Prefix` (attrs runs this once ``version`` and ``length`` are set)."""
+    width = _WIDTH.get(prefix.version)
+    if width is None:
+        raise InvalidNetwork(f"IP version {prefix.version!r} is neither 4 nor 6")
+    host_bits = width - prefix.length
+    if not 0 <= host_bits <= width:
+        raise InvalidNetwork(f"prefix length {prefix.length!r} is not in 0..{width}")
+    # The address must fit in the width and have nothing set after the first *length* bits.
+    if not 0 <= address < 1 << width or address & ((1 << host_bits) - 1):
+        raise InvalidNetwork(f"{address:#x} is not an IPv{prefix.version} /{prefix.length} network")
+
+
+@attrs.frozen
+class Prefix:
+    """An IP prefix (a network) as three integers: cheap to build, hash and compare.
+
+    It stands for the same thing as an ``ipaddress`` network and converts both ways
+    (:meth:`from_network`, :meth:`to_network`); the module docstring says why it exists.
+
+    Attributes:
+        version: 4 or 6.
+        length: the prefix length: 0..32 for IPv4, 0..128 for IPv6.
+        address: the network address as an integer, host bits cleared.
+
+    Raises:
+        InvalidNetwork: the fields do not make a network (another version, a length out of
+            range, an address too wide or with host bits set).
+    """
+
+    version: int
+    length: int
+    address: int = attrs.field(validator=_check_address)
+
+    @classmethod
+    def from_network(cls, network: Network) -> Prefix:
+        """The prefix of an ``ipaddress`` network (which never has host bits set)."""
+        return cls(network.version, network.prefixlen, int(network.network_address))
+
+    def to_network(self) -> Network:
+        """The prefix as an ``ipaddress.IPv4Network`` or ``IPv6Network``."""
+        if self.version == 4:
+            return ipaddress.IPv4Network((self.address, self.length))
+        return ipaddress.IPv6Network((self.address, self.length))
+
+    def __str__(self) -> str:
+        """The prefix as ``ipaddress`` writes it, ``10.0.0.0/8`` (for people; not fast)."""
+        return str(self.to_network())
 
 
 def _as_network(network: Network | str) -> Network:
@@ -101,12 +171,12 @@ class AllowedIPs(Generic[PeerT]):
         self._by_address_length = {4: self._v4, 16: self._v6}
         #: id(peer) -> that peer's prefixes in insertion order.  The ids stay valid because the
         #: tables hold a reference to every peer that has an entry here.
-        self._entries: dict[int, dict[_PrefixKey, Network]] = {}
+        self._entries: dict[int, dict[_PrefixKey, Prefix]] = {}
 
-    def _key(self, network: Network) -> tuple[_Family[PeerT], _PrefixKey]:
-        family = self._v4 if network.version == 4 else self._v6
-        length = network.prefixlen
-        bits = int(network.network_address) >> (family.width - length)
+    def _key(self, prefix: Prefix) -> tuple[_Family[PeerT], _PrefixKey]:
+        family = self._v4 if prefix.version == 4 else self._v6
+        length = prefix.length
+        bits = prefix.address >> (family.width - length)
         return family, (family.width // 8, length, bits)
 
     def insert(self, network: Network | str, peer: PeerT) -> Network:
@@ -123,7 +193,12 @@ class AllowedIPs(Generic[PeerT]):
             InvalidNetwork: *network* is a string that is not a prefix.
         """
         network = _as_network(network)
-        family, key = self._key(network)
+        self.insert_prefix(Prefix.from_network(network), peer)
+        return network
+
+    def insert_prefix(self, prefix: Prefix, peer: PeerT) -> None:
+        """:meth:`insert` for a :class:`Prefix` (no ``ipaddress`` objects involved)."""
+        family, key = self._key(prefix)
         _, length, bits = key
         table = family.by_length.get(length)
         if table is None:
@@ -134,8 +209,10 @@ class AllowedIPs(Generic[PeerT]):
             self._forget(previous, key)
         table[bits] = peer
         # Appending to a dict puts the prefix last in its owner's list, like wireguard-go.
-        self._entries.setdefault(id(peer), {})[key] = network
-        return network
+        entries = self._entries.get(id(peer))
+        if entries is None:
+            entries = self._entries[id(peer)] = {}
+        entries[key] = prefix
 
     def remove(self, network: Network | str, peer: PeerT) -> bool:
         """Remove *network* if, and only if, *peer* owns it.
@@ -146,8 +223,11 @@ class AllowedIPs(Generic[PeerT]):
         Raises:
             InvalidNetwork: *network* is a string that is not a prefix.
         """
-        network = _as_network(network)
-        family, key = self._key(network)
+        return self.remove_prefix(Prefix.from_network(_as_network(network)), peer)
+
+    def remove_prefix(self, prefix: Prefix, peer: PeerT) -> bool:
+        """:meth:`remove` for a :class:`Prefix`."""
+        family, key = self._key(prefix)
         _, length, bits = key
         table = family.by_length.get(length)
         if table is None or table.get(bits) is not peer:
@@ -164,6 +244,10 @@ class AllowedIPs(Generic[PeerT]):
 
     def entries_for_peer(self, peer: PeerT) -> list[Network]:
         """The prefixes *peer* owns, in the order they were (last) inserted."""
+        return [prefix.to_network() for prefix in self.prefixes_for_peer(peer)]
+
+    def prefixes_for_peer(self, peer: PeerT) -> list[Prefix]:
+        """:meth:`entries_for_peer` as :class:`Prefix` values (cheaper: nothing is built)."""
         return list(self._entries.get(id(peer), {}).values())
 
     def lookup(self, address: bytes) -> PeerT | None:

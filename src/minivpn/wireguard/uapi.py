@@ -62,10 +62,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import struct
 from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
 
+from minivpn.wireguard.allowedips import Prefix
 from minivpn.wireguard.errors import InvalidKey, WireGuardError
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 
@@ -179,11 +181,74 @@ def _parse_endpoint(value: str) -> AddrPort:
     return address, port
 
 
-def _parse_prefix(value: str) -> IPNetwork:
+# Prefixes are parsed and written without ``ipaddress`` in the common cases, because a
+# configuration can have a hundred thousand of them, and ``ipaddress`` costs several
+# microseconds per prefix each way (see minivpn.wireguard.allowedips).  The fast path only takes
+# the shapes it can check completely with the expressions below; anything else, including every
+# mistake, goes to _parse_prefix_with_ipaddress, which stays the reference: what is accepted, the
+# result and the error are those of that function (tests/unit/test_wg_uapi_prefixes.py checks).
+
+#: ``a.b.c.d/n``: octets 0..255 and a length 0..32, in decimal without leading zeros.
+_OCTET = r"(0|[1-9][0-9]?|1[0-9][0-9]|2[0-4][0-9]|25[0-5])"
+_IPV4_PREFIX = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}/([0-9]|[12][0-9]|3[0-2])")
+#: Groups of at most 4 hex digits between colons (no zone, no dotted IPv4 tail), then a length
+#: 0..128.  Whether the groups make an address is left to _ipv6_to_int.
+_IPV6_PREFIX = re.compile(
+    r"((?:[0-9a-fA-F]{0,4}:)+[0-9a-fA-F]{0,4})/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8])"
+)
+
+
+def _parse_prefix(value: str) -> Prefix:
     """Go's ``netip.ParsePrefix`` (Go >= 1.22 rules), then the host bits cleared as on insert.
 
     The prefix length is decimal without a sign or leading zeros, and there may be no zone.
+
+    Raises:
+        UapiError: (``EINVAL``) *value* is not a prefix.
     """
+    match = _IPV4_PREFIX.fullmatch(value)
+    if match is not None:
+        a, b, c, d, length_text = match.groups()
+        address = int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d)
+        host_bits = 32 - int(length_text)
+        return Prefix(4, 32 - host_bits, address >> host_bits << host_bits)  # host bits cleared
+    match = _IPV6_PREFIX.fullmatch(value)
+    if match is not None:
+        address_or_none = _ipv6_to_int(match[1])
+        if address_or_none is not None:
+            host_bits = 128 - int(match[2])
+            return Prefix(6, 128 - host_bits, address_or_none >> host_bits << host_bits)
+    return _parse_prefix_with_ipaddress(value)
+
+
+def _ipv6_to_int(text: str) -> int | None:
+    """An IPv6 address made of hex digits and colons as an int; None if it is not one.
+
+    Eight groups of 1 to 4 hex digits, or fewer with one ``::`` standing for at least one group
+    of zeros.  On None, the caller hands the text to ``ipaddress``, which words the error.
+    """
+    before, ellipsis, after = text.partition("::")
+    if ellipsis:
+        groups = before.split(":") if before else []
+        groups_after = after.split(":") if after else []
+        missing = 8 - len(groups) - len(groups_after)
+        if missing < 1:
+            return None
+        groups += ["0"] * missing
+        groups += groups_after
+    else:
+        groups = text.split(":")
+        if len(groups) != 8:
+            return None
+    # An empty group is a stray ':' or a second '::'.  (The regular expression has checked the
+    # characters and that no group is longer than four.)
+    if "" in groups:
+        return None
+    return int("".join([group.rjust(4, "0") for group in groups]), 16)
+
+
+def _parse_prefix_with_ipaddress(value: str) -> Prefix:
+    """:func:`_parse_prefix` for any text, with ``ipaddress`` (slower, and the reference)."""
     address_text, slash, bits_text = value.rpartition("/")
     if not slash:
         raise UapiError(f"invalid allowed_ip: {value[:60]!r}: no '/'", EINVAL)
@@ -196,7 +261,7 @@ def _parse_prefix(value: str) -> IPNetwork:
         or int(bits_text[:4]) > address.max_prefixlen
     ):
         raise UapiError(f"invalid allowed_ip: {value[:60]!r}: bad prefix length", EINVAL)
-    return ipaddress.ip_network((address, int(bits_text)), strict=False)
+    return Prefix.from_network(ipaddress.ip_network((address, int(bits_text)), strict=False))
 
 
 def format_endpoint(address: IPAddress, port: int) -> str:
@@ -207,22 +272,52 @@ def format_endpoint(address: IPAddress, port: int) -> str:
     """
     if isinstance(address, ipaddress.IPv4Address):
         return f"{address}:{port}"
-    return f"[{_format_ipv6(address)}]:{port}"
-
-
-def format_allowed_ip(network: IPNetwork) -> str:
-    """Write a prefix as Go's ``netip.Prefix.String`` does: ``10.0.0.0/8``, ``fd00::/8``."""
-    if isinstance(network, ipaddress.IPv4Network):
-        return str(network)
-    return f"{_format_ipv6(network.network_address)}/{network.prefixlen}"
-
-
-def _format_ipv6(address: ipaddress.IPv6Address) -> str:
-    mapped = address.ipv4_mapped
     zone = f"%{address.scope_id}" if address.scope_id else ""
-    if mapped is not None:
-        return f"::ffff:{mapped}{zone}"
-    return str(address)
+    return f"[{_format_ipv6(int(address))}{zone}]:{port}"
+
+
+def format_allowed_ip(network: IPNetwork | Prefix) -> str:
+    """Write a prefix as Go's ``netip.Prefix.String`` does: ``10.0.0.0/8``, ``fd00::/8``."""
+    prefix = _as_prefix(network)
+    if prefix.version == 4:
+        return f"{_format_ipv4(prefix.address)}/{prefix.length}"
+    return f"{_format_ipv6(prefix.address)}/{prefix.length}"
+
+
+def _as_prefix(network: IPNetwork | Prefix) -> Prefix:
+    return network if isinstance(network, Prefix) else Prefix.from_network(network)
+
+
+def _format_ipv4(address: int) -> str:
+    """Dotted decimal, as ``str(ipaddress.IPv4Address(address))``."""
+    return f"{address >> 24}.{address >> 16 & 0xFF}.{address >> 8 & 0xFF}.{address & 0xFF}"
+
+
+_IPV6_GROUPS = struct.Struct("!8H")
+#: Runs of zero groups, longest first, each between colons: ":0:0:0:0:0:0:0:0:" ... ":0:0:".
+_ZERO_RUNS = tuple(":" + "0:" * count for count in range(8, 1, -1))
+
+
+def _format_ipv6(address: int) -> str:
+    """An IPv6 address as Go's ``netip.Addr.String`` writes it (RFC 5952).
+
+    Lowercase hex groups without leading zeros, the first longest run of two or more zero
+    groups written ``::``; an IPv4-mapped address keeps its dotted tail, ``::ffff:1.2.3.4``
+    (where Python's ``ipaddress`` writes ``::ffff:102:304``).
+    """
+    if address >> 32 == 0xFFFF:
+        return f"::ffff:{_format_ipv4(address & 0xFFFFFFFF)}"
+    # With a colon at each end, every group is between two colons, so that a zero group is
+    # exactly ":0:" ("%x" writes no leading zeros) and a run can be found with str.find.
+    # (%-formatting because it is the fastest way here: str.format takes half as long again.)
+    groups = _IPV6_GROUPS.unpack(address.to_bytes(16, "big"))
+    text = ":%x:%x:%x:%x:%x:%x:%x:%x:" % groups  # noqa: UP031
+    for run in _ZERO_RUNS:
+        start = text.find(run)  # the first of the longest runs, as RFC 5952 wants
+        if start >= 0:
+            # ":1:0:0:2:" -> "1" + "::" + "2"; at either end the slice is empty: "::2", "1::".
+            return f"{text[1:start]}::{text[start + len(run) : -1]}"
+    return text[1:-1]
 
 
 # --- set requests ---------------------------------------------------------------------------------
@@ -232,13 +327,21 @@ def _format_ipv6(address: ipaddress.IPv6Address) -> str:
 class AllowedIPChange:
     """One ``allowed_ip=`` line: add a prefix to the peer, or (with ``-``) remove it.
 
+    It is made from a :class:`~minivpn.wireguard.allowedips.Prefix` (what the parser builds:
+    cheap) or an ``ipaddress`` network (converted).
+
     Attributes:
-        network: the prefix, host bits cleared.
+        prefix: the prefix, host bits cleared.
         remove: True for ``allowed_ip=-<cidr>``: remove it, if this peer owns it.
     """
 
-    network: IPNetwork
+    prefix: Prefix = attrs.field(converter=_as_prefix)
     remove: bool = False
+
+    @property
+    def network(self) -> IPNetwork:
+        """:attr:`prefix` as an ``ipaddress`` network (built on each call)."""
+        return self.prefix.to_network()
 
 
 @attrs.frozen
@@ -427,7 +530,12 @@ class _SetDraft:
 
     @staticmethod
     def peer_line(peer: _PeerDraft, key: str, value: str) -> None:
-        if key == "update_only":
+        # allowed_ip first: a peer has one line of each other key, but may have 100,000 of it.
+        if key == "allowed_ip":
+            remove = value.startswith("-")
+            prefix = _parse_prefix(value[1:] if remove else value)
+            peer.allowed_ips.append(AllowedIPChange(prefix, remove))
+        elif key == "update_only":
             peer.update_only = _parse_true(value, "update_only")
         elif key == "remove":
             peer.remove = _parse_true(value, "remove")
@@ -442,10 +550,6 @@ class _SetDraft:
         elif key == "replace_allowed_ips":
             peer.replace_allowed_ips = _parse_true(value, "replace_allowed_ips")
             peer.allowed_ips.clear()
-        elif key == "allowed_ip":
-            remove = value.startswith("-")
-            network = _parse_prefix(value[1:] if remove else value)
-            peer.allowed_ips.append(AllowedIPChange(network, remove))
         elif key == "protocol_version":
             if value != "1":
                 raise UapiError(f"invalid protocol_version: {value[:40]!r}", EINVAL)
@@ -626,7 +730,7 @@ def format_set_request(device: DeviceSet, peers: Iterable[PeerSet] = ()) -> byte
             lines.append("replace_allowed_ips=true")
         for change in peer.allowed_ips:
             sign = "-" if change.remove else ""
-            lines.append(f"allowed_ip={sign}{format_allowed_ip(change.network)}")
+            lines.append(f"allowed_ip={sign}{format_allowed_ip(change.prefix)}")
     return ("\n".join(lines) + "\n\n").encode()
 
 
