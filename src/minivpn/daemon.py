@@ -45,7 +45,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from minivpn import __version__, netconf
+from minivpn import __version__
 from minivpn.errors import MinivpnError
 from minivpn.runtime.interface import (
     DEFAULT_MTU,
@@ -57,6 +57,8 @@ from minivpn.runtime.interface import (
     stop_signals_held,
     user_error_messages,
 )
+from minivpn.tuntap.device import get_mtu, set_mtu
+from minivpn.tuntap.errors import TunPermissionError
 from minivpn.tuntap.ioctl import encode_name
 
 if TYPE_CHECKING:
@@ -181,13 +183,15 @@ def _open(name: str) -> tuple[Interface, int]:
     """
     interface = open_interface(name, exclusive=False)
     try:
+        # The MTU is set with an ioctl rather than netlink: pyroute2 would stay loaded in the
+        # daemon for nothing (~12 MiB of its resident memory).
         try:
-            netconf.set_mtu(name, DEFAULT_MTU)
+            set_mtu(name, DEFAULT_MTU)
             mtu = DEFAULT_MTU
-        except netconf.NetconfPermissionError as exc:
+        except TunPermissionError as exc:
             # Attaching to a persistent device one owns needs no privilege; setting its MTU
             # does.  Use the device as it is.
-            mtu = netconf.link_state(name).mtu
+            mtu = get_mtu(name)
             log.warning("%s; keeping MTU %d", exc, mtu)
     except BaseException:
         interface.close()

@@ -55,7 +55,6 @@ from typing import TYPE_CHECKING, NoReturn
 import attrs
 import trio
 
-from minivpn import netconf
 from minivpn.errors import MinivpnError
 from minivpn.runtime.uapi_server import UapiSocket, prepare_socket, socket_path
 from minivpn.tuntap.aio import TunDevice
@@ -494,6 +493,8 @@ def configure_link(
     Raises:
         NetconfError: the kernel refused something (the message says what).
     """
+    from minivpn import netconf  # pyroute2 costs ~12 MiB: only `up` configuring a link loads it
+
     netconf.set_mtu(name, mtu)
     for address in addresses:
         netconf.add_address(name, str(address))
@@ -843,8 +844,8 @@ def _wait_for(condition: Callable[[], bool], deadline: float) -> bool:
 
 def _link_exists(name: str) -> bool:
     try:
-        netconf.link_index(name)
-    except netconf.NetconfError:
+        socket.if_nametoindex(name)
+    except OSError:
         return False
     return True
 

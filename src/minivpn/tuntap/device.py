@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import struct
 
 from minivpn.tuntap.errors import (
@@ -446,3 +447,45 @@ def delete_persistent(name: str) -> bool:
     finally:
         os.close(fd)
     return not (SYSFS_NET / name).exists()
+
+
+#: ``SIOCGIFMTU``/``SIOCSIFMTU`` (linux/sockios.h) and their ``struct ifreq``: name, ``int``.
+_SIOCGIFMTU, _SIOCSIFMTU = 0x8921, 0x8922
+_IFREQ_MTU = struct.Struct("16si20x")
+
+
+def get_mtu(name: str) -> int:
+    """The MTU of link *name* in this namespace (``SIOCGIFMTU``).
+
+    Raises:
+        TunError: there is no such link.
+    """
+    request = _IFREQ_MTU.pack(name.encode("utf-8", "surrogateescape"), 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            _, mtu = _IFREQ_MTU.unpack(fcntl.ioctl(sock, _SIOCGIFMTU, request))
+        except OSError as exc:
+            raise TunError(f"cannot read the MTU of {name}: {exc.strerror}") from None
+    return int(mtu)
+
+
+def set_mtu(name: str, mtu: int) -> None:
+    """Set the MTU of link *name* with ``SIOCSIFMTU``: the ioctl ``ip link set mtu`` replaced.
+
+    Used where loading a netlink library only for this would cost more than it gives (the
+    daemon); :func:`minivpn.netconf.set_mtu` does the same through netlink.
+
+    Raises:
+        TunPermissionError: no CAP_NET_ADMIN.
+        TunError: no such link, or the kernel refused the value.
+    """
+    request = _IFREQ_MTU.pack(name.encode("utf-8", "surrogateescape"), mtu)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock, _SIOCSIFMTU, request)
+        except OSError as exc:
+            if exc.errno == errno.EPERM:
+                raise TunPermissionError(
+                    f"cannot set the MTU of {name}: permission denied (needs CAP_NET_ADMIN)"
+                ) from None
+            raise TunError(f"cannot set the MTU of {name} to {mtu}: {exc.strerror}") from None
