@@ -243,6 +243,11 @@ def main() -> int:
     parser.add_argument(
         "--streams", default="1", help="comma-separated iperf3 stream counts, e.g. 1,4"
     )
+    parser.add_argument(
+        "--handshake-rates",
+        default="200,1000,4000",
+        help="offered initiations/s for the handshake table (handshakes.py); 'none': skip it",
+    )
     args = parser.parse_args()
     if os.environ.get("MINIVPN_ISOLATED") != "1":
         isolate = str(ROOT / "netns/isolate")
@@ -306,6 +311,14 @@ def main() -> int:
             row += f" {med:.0f} ({min(vals):.0f}..{max(vals):.0f}) | {med / ref:.2f} |"
         memory = f"{rss[name] / 1024:.1f}" if rss[name] else "-"
         print(row + f" {statistics.median(rtts[name]):.3f} | {memory} |")
+    if "minivpn" in programs and args.handshake_rates != "none":
+        import handshakes  # tests/bench/handshakes.py, next to this file
+
+        daemons = ["wireguard-go", "minivpn"]
+        rates = [int(rate) for rate in args.handshake_rates.split(",")]
+        handshakes.print_table(
+            handshakes.measure(daemons, rates=rates, duration=args.duration), daemons
+        )
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_framing_packets import ipv4, ipv6, reference_checksum, tcp, udp, v4, v6
@@ -194,3 +195,44 @@ def test_arbitrary_bytes_never_raise(blobs: list[bytes]) -> None:
 
 def test_header_length_constant() -> None:
     assert VNET_HDR_LEN == 10
+
+
+def _v4_segment(seq: int, data: bytes, **fields: int) -> bytes:
+    """A TCP segment in IPv4 whose IP and TCP header fields can be set one by one."""
+    ip_fields = {k: fields.pop(k) for k in ("ttl", "identification", "flags_offset") if k in fields}
+    tos = fields.pop("tos", 0)
+    body = tcp(40000, 5201, seq, 7, fields.pop("flags", ACK), data=data, **fields)
+    packet = bytearray(ipv4(A4, B4, 6, body, **ip_fields))
+    if tos:  # not a builder argument: set it, and redo the header checksum
+        packet[1] = tos
+        packet[10:12] = b"\0\0"
+        packet[10:12] = struct.pack("!H", reference_checksum(bytes(packet[:20])))
+    return bytes(packet)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [{"tos": 0x02}, {"ttl": 63}, {"flags_offset": 0}, {"window": 1000}, {"urgent": 5}],
+    ids=["TOS/ECN", "TTL", "DF", "window", "urgent pointer"],
+)
+def test_a_header_field_that_differs_ends_the_run(field: dict[str, int]) -> None:
+    df = 0x4000
+    packets = [
+        _v4_segment(0, b"a" * 100, flags_offset=df),
+        _v4_segment(100, b"b" * 100, flags_offset=df),
+        _v4_segment(200, b"c" * 100, **{"flags_offset": df, **field}),
+    ]
+    writes = coalesce(views(packets))
+    assert [len(resegment(w)) for w in writes] == [2, 1]
+    assert [normalize(p) for p in expand(packets)] == [normalize(p) for p in packets]
+
+
+def test_what_the_kernel_rewrites_anyway_does_not_end_the_run() -> None:
+    """IPv4 identification and checksums differ from segment to segment of one flow."""
+    packets = [
+        _v4_segment(i * 100, bytes([i]) * 100, identification=1000 + 7 * i) for i in range(4)
+    ]
+    assert len({p[4:6] for p in packets}) == 4  # identifications
+    assert len({p[10:12] for p in packets}) == 4  # header checksums
+    (write,) = coalesce(views(packets))
+    assert [normalize(p) for p in resegment(write)] == [normalize(p) for p in packets]

@@ -17,8 +17,9 @@ behind one rewritten IP/TCP header.
 Rules for merging a segment into the current run (the kernel's GRO follows the same ones):
 
 * IPv4 without options or fragmentation, or IPv6 with TCP as the next header;
-* same addresses, ports, TOS/traffic class, TTL/hop limit, ACK number, window, TCP header length
-  and TCP options; only the ACK flag, plus PSH on the last segment of a run;
+* same addresses, ports, TOS/traffic class (and IPv6 flow label), DF flag, TTL/hop limit, ACK
+  number, window, urgent pointer, TCP header length and TCP options; only the ACK flag, plus
+  PSH on the last segment of a run;
 * its sequence number continues the run exactly; every segment but the last has the run's
   segment size; a run stays within 65535 bytes of IP packet.
 
@@ -91,26 +92,41 @@ def _tcp_offsets(packet: memoryview) -> tuple[int, int] | None:
     return ip_len, tcp_len
 
 
-def _same_flow(a: memoryview, b: memoryview, ip_len: int, tcp_len: int) -> bool:
-    """Whether *b* may follow *a* in a run (see the module docstring); offsets come from *a*."""
-    if ip_len == 20:
-        # tos, ttl, protocol, addresses
-        if a[1] != b[1] or a[8] != b[8] or a[12:20] != b[12:20]:
-            return False
-    elif a[0:4] != b[0:4] or a[7] != b[7] or a[8:40] != b[8:40]:
-        # version/traffic class/flow label, hop limit, addresses
-        return False
-    tcp = ip_len
-    return (
-        a[tcp : tcp + 4] == b[tcp : tcp + 4]  # ports
-        and a[tcp + 8 : tcp + 13] == b[tcp + 8 : tcp + 13]  # ack number, header length
-        and a[tcp + 14 : tcp + 16] == b[tcp + 14 : tcp + 16]  # window
-        and a[tcp + 20 : tcp + tcp_len] == b[tcp + 20 : tcp + tcp_len]  # options
-    )
+def _flow_mask(ip_len: int, tcp_len: int) -> int:
+    """The mask that keeps, of an IP+TCP header read as one big-endian number, what must match.
+
+    Blanked (allowed to differ between the segments of a run): the IPv4 total length,
+    identification and header checksum, or the IPv6 payload length; the TCP sequence number and
+    checksum; and the PSH flag.  Everything else -- version and header lengths, TOS/traffic
+    class, flow label, DF, TTL/hop limit, protocol, addresses, ports, ACK number, the other
+    flags, window, urgent pointer, options -- must be equal.
+    """
+    mask = bytearray(b"\xff" * (ip_len + tcp_len))
+    varying = [2, 3, 4, 5, 10, 11] if ip_len == 20 else [4, 5]
+    varying += [ip_len + offset for offset in (4, 5, 6, 7, 16, 17)]
+    for offset in varying:
+        mask[offset] = 0
+    mask[ip_len + 13] = 0xFF & ~_TCP_PSH
+    return int.from_bytes(mask, "big")
+
+
+#: _flow_mask for every (IP header length, TCP header length), built once.
+_FLOW_MASKS = {
+    (ip_len, tcp_len): _flow_mask(ip_len, tcp_len)
+    for ip_len in (20, 40)
+    for tcp_len in range(20, 61, 4)
+}
 
 
 def coalesce(packets: list[memoryview]) -> list[list[bytes | bytearray | memoryview]]:
     """Plan the writes for a batch of IP packets, merging TCP runs.
+
+    The first segment of a run is checked field by field (:func:`_tcp_offsets`); each next
+    one with a single comparison: its header, read as one number and masked
+    (:func:`_flow_mask`), must equal the first one's, and its sequence number must continue
+    the run.  (Checking the fields one by one for every segment, with a memoryview slice per
+    field, cost 1.8-2.1 us a segment of a 44-segment run; this costs 0.64 us, measured with
+    ``timeit`` on the same machine.)
 
     Args:
         packets: decrypted IP packets, in the order they arrived.  The views must stay valid
@@ -133,29 +149,30 @@ def coalesce(packets: list[memoryview]) -> list[list[bytes | bytearray | memoryv
         ip_len, tcp_len = offsets
         header_len = ip_len + tcp_len
         segment = len(first) - header_len
-        total = segment
         flags = first[ip_len + 13]
-        seq = int.from_bytes(first[ip_len + 4 : ip_len + 8], "big") + segment
+        total = segment
         j = i + 1
-        # PSH ends a run, and so does a segment shorter than the first.
-        while j < count and flags == _TCP_ACK:
-            nxt = packets[j]
-            if (
-                len(nxt) <= header_len
-                or _tcp_offsets(nxt) != offsets
-                or not _same_flow(first, nxt, ip_len, tcp_len)
-                or int.from_bytes(nxt[ip_len + 4 : ip_len + 8], "big") != seq & 0xFFFFFFFF
-            ):
-                break
-            size = len(nxt) - header_len
-            if size > segment or header_len + total + size > _MAX_IP_PACKET:
-                break
-            total += size
-            seq += size
-            flags = nxt[ip_len + 13]
-            j += 1
-            if size < segment:
-                break
+        if flags == _TCP_ACK:  # PSH ends a run: a PSH segment is always a run's last
+            mask = _FLOW_MASKS[offsets]
+            header = int.from_bytes(first[:header_len], "big")
+            key = header & mask
+            # The sequence number's position in that number, counted from the right.
+            seq_shift = (tcp_len - 8) * 8
+            expected = ((header >> seq_shift) + segment) & 0xFFFFFFFF
+            while j < count:
+                nxt = packets[j]
+                size = len(nxt) - header_len
+                if size <= 0 or size > segment or header_len + total + size > _MAX_IP_PACKET:
+                    break
+                header = int.from_bytes(nxt[:header_len], "big")
+                if header & mask != key or (header >> seq_shift) & 0xFFFFFFFF != expected:
+                    break
+                total += size
+                expected = (expected + size) & 0xFFFFFFFF
+                j += 1
+                flags = nxt[ip_len + 13]
+                if size < segment or flags != _TCP_ACK:
+                    break  # a short segment or a PSH: the run's last
         if j == i + 1:
             writes.append([ZERO_VNET_HDR, first])
             i += 1

@@ -9,7 +9,7 @@ The runtime decides *when* things happen and moves bytes; the core decides *what
         │                         gather same-size datagrams -> one sendmsg (UDP GSO)
         ├── sockets (restartable, for `wg set listen-port`)
         │   ├── network_to_device[IPv4]   socket readable -> drain: recvmsg (UDP GRO: many
-        │   └── network_to_device[IPv6]   datagrams at once) -> core.decrypt_datagram_into ->
+        │   └── network_to_device[IPv6]   datagrams at once) -> core.decrypt_batch_into ->
         │                                 coalesce TCP segments -> writev to the TUN (vnet GRO)
         ├── timers                sleep until core.next_deadline() -> core.handle_timer(now)
         ├── serve_uapi            `wg` talks to /var/run/wireguard/NAME.sock
@@ -26,9 +26,13 @@ Fast paths (measured; see docs/performance.md):
   one super-packet, which the kernel's TCP stack takes in one pass.
 * Outgoing datagrams of one batch that go to the same peer and have the same size are sent with
   one ``sendmsg`` and ``UDP_SEGMENT``: the kernel cuts them apart (UDP GSO).
-* ``UDP_GRO`` lets one ``recvmsg`` return a train of datagrams from one sender.
+* ``UDP_GRO`` lets one ``recvmsg`` return a batch of datagrams from one sender, and the core
+  decrypts its data messages in one call (per-peer bookkeeping once per batch, not per packet).
 * Every fd is drained until ``BlockingIOError`` (or a batch limit, then the task yields) before
-  the task waits again, and the buffers are allocated once.
+  the task waits again, and the buffers are allocated once.  The packets decrypted in one
+  wake-up are coalesced and written together, so TCP runs can span several receives.
+* A lone packet is never held back: a run is sent as soon as a read finds the TUN empty, and
+  packets are written as soon as the socket is empty.
 """
 
 from __future__ import annotations
@@ -42,11 +46,13 @@ import signal
 import socket
 import struct
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from minivpn.framing.offload import VNET_HDR_LEN, coalesce
+from minivpn.runtime import sticky
 from minivpn.runtime.uapi_server import UapiSocket, serve_uapi, watch_socket_path
 from minivpn.tuntap.errors import TunError
 from minivpn.wireguard.events import (
@@ -83,9 +89,14 @@ MAX_DATAGRAM = 65535
 GSO_MAX_BYTES = 65000
 GSO_MAX_SEGMENTS = 64
 SOCKET_BUFFER = 8 << 20
-#: A handshake message rate (per second) above which the device counts as "under load".
-UNDER_LOAD_RATE = 128
-UNDER_LOAD_AFTER_TIME = 1.0
+#: Room for the decrypted packets of one wake-up of a socket task (about 180 full-size
+#: packets, 1-2 ms of work); when it is full they are written and the task yields.
+PLAIN_ROOM = 4 * MAX_DATAGRAM
+#: The type byte of a transport data message.
+_DATA_MESSAGE = 4
+#: Seconds of CPU time that handshake messages may take in each one-second window before the
+#: device counts as "under load" for the rest of the window (see _Interface.handle_handshake).
+HANDSHAKE_TIME_BUDGET = 0.25
 _GSO_SIZE = struct.Struct("=H")
 _CMSG_SPACE = socket.CMSG_SPACE(4)
 _PROBE_PACKET = bytes(VNET_HDR_LEN) + b"\x40"  # see _link_is_up
@@ -106,9 +117,8 @@ class _Interface:
         self.link_up = True
         self.timer_wakeup = trio.Event()
         self.sleeping_until = math.inf
-        self.handshake_window_start = 0.0
-        self.handshake_messages = 0
-        self.under_load_until = -math.inf
+        self.handshake_window_start = -math.inf
+        self.handshake_seconds = 0.0  # CPU time spent on handshake messages in the window
         self.socket_scope: trio.CancelScope | None = None
 
     # -- sockets ------------------------------------------------------------------------------
@@ -183,7 +193,7 @@ class _Interface:
         if sock is None:
             return
         try:
-            sock.sendto(data, endpoint)
+            sticky.send(sock, data, endpoint)
         except OSError as exc:
             _log_send_error(exc, endpoint)
 
@@ -228,15 +238,36 @@ class _Interface:
 
     # -- load ---------------------------------------------------------------------------------
 
-    def count_handshake(self, now: float) -> None:
-        """Track the rate of handshake messages; above UNDER_LOAD_RATE the core is under load."""
+    def handle_handshake(
+        self, datagram: memoryview, source: tuple[str, int], out: memoryview
+    ) -> int:
+        """Process a handshake initiation or response, within the handshakes' time budget.
+
+        A handshake message costs Diffie-Hellman operations (about 0.3 ms of CPU here), and
+        data packets wait meanwhile: one thread does everything.  So handshake messages get
+        at most HANDSHAKE_TIME_BUDGET seconds of CPU time per one-second window; once that is
+        spent, the core is "under load" until the window ends: an initiation then needs a
+        valid mac2, or it gets a cookie reply, which costs no Diffie-Hellman.
+
+        wireguard-go says "under load" while 128 handshake messages queue up for its worker
+        goroutines (and for one second after).  A single thread has no such queue; and the
+        count of handshake messages per second this runtime used before (128 a second, 4% of
+        the budget) answered 0 of 1000 initiations a second, against 600-900 now
+        (``tests/bench/handshakes.py``, docs/performance.md).
+
+        Returns:
+            What :meth:`WireGuardCore.decrypt_datagram_into_untrusted` returns (0: no packet).
+        """
+        now = trio.current_time()
         if now - self.handshake_window_start >= 1.0:
             self.handshake_window_start = now
-            self.handshake_messages = 0
-        self.handshake_messages += 1
-        if self.handshake_messages >= UNDER_LOAD_RATE:
-            self.under_load_until = now + UNDER_LOAD_AFTER_TIME
-        self.core.under_load = now < self.under_load_until
+            self.handshake_seconds = 0.0
+        self.core.under_load = self.handshake_seconds >= HANDSHAKE_TIME_BUDGET
+        # CPU time, not wall-clock time: being preempted by other processes is not our cost.
+        started = time.thread_time()
+        size = self.core.decrypt_datagram_into_untrusted(datagram, source, out, now)
+        self.handshake_seconds += time.thread_time() - started
+        return size
 
 
 def _short(key: PublicKey) -> str:
@@ -256,6 +287,8 @@ def _udp_socket(family: int, address: tuple[Any, ...], fwmark: int) -> socket.so
         sock.bind(address)
         with contextlib.suppress(OSError):  # an old kernel: one datagram per receive
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        # Which of our addresses each datagram arrived at, to answer from it (sticky.py).
+        sticky.enable_destination_info(sock)
     except OSError:
         sock.close()
         raise
@@ -422,9 +455,10 @@ def _link_is_up(device: TunDevice) -> bool:
 async def _device_to_network(iface: _Interface) -> None:
     """TUN -> UDP: read packets, encrypt, send same-size runs to one peer with one sendmsg."""
     device, core = iface.device, iface.core
-    read = device.read_nowait_into
     encrypt = core.encrypt_packet_into
+    readv, fd = os.readv, device.fileno()
     packet_buffer = bytearray(VNET_HDR_LEN + MAX_DATAGRAM)
+    read_into = [packet_buffer]  # readv's argument, built once
     packet_body = memoryview(packet_buffer)[VNET_HDR_LEN:]  # the packet behind its header
     out = bytearray(GSO_MAX_BYTES + MAX_DATAGRAM)
     out_view = memoryview(out)
@@ -436,10 +470,23 @@ async def _device_to_network(iface: _Interface) -> None:
         segment = 0
         count = 0
         endpoint: tuple[str, int] | None = None
-        for _ in range(BATCH):
-            n = read(packet_buffer)
-            if n == 0:
+        packets_read = 0
+        # Past BATCH packets, stop only between runs, so that a busy TUN still gives full
+        # UDP GSO sends (stopping at exactly 64 sent 44 + 20 datagrams at MTU 1420: 40% more
+        # sendmsg calls than full runs, and smaller batches for the receiver to take).
+        while packets_read < BATCH or count:
+            packets_read += 1
+            # os.readv on the fd, not device.read_nowait_into: two calls less per packet.
+            try:
+                n = readv(fd, read_into)
+            except BlockingIOError:
                 break
+            except OSError:
+                # The device's own read turns the error into the right exception
+                # (DeviceGone...), or reads a packet after all.
+                n = device.read_nowait_into(packet_buffer)
+                if n == 0:
+                    break
             if n <= VNET_HDR_LEN:
                 continue
             result = encrypt(packet_body, n - VNET_HDR_LEN, out_view[end:], now)
@@ -465,7 +512,9 @@ async def _device_to_network(iface: _Interface) -> None:
             iface.carry_out(actions)
         else:
             iface.poke_timers()
-        await trio.lowlevel.checkpoint()
+        # No checkpoint here: wait_readable always goes through the scheduler, even when the
+        # fd is ready, so the other tasks get their turn after every batch anyway (an extra
+        # checkpoint only added one more pass of trio's loop per wake-up).
 
 
 def _send_run(
@@ -502,15 +551,22 @@ def _send_run(
 
 
 async def _network_to_device(iface: _Interface, sock: socket.socket) -> None:
-    """UDP -> TUN: receive (a GRO train of) datagrams, decrypt, coalesce, write."""
+    """UDP -> TUN: receive (GRO batches of) datagrams, decrypt, coalesce, write.
+
+    The packets decrypted during one wake-up wait in ``plain`` and are written when the socket
+    is empty (or ``plain`` is full, or BATCH receives were made): a TCP run that spans several
+    receives then still becomes one super-packet, so the kernel's TCP stack -- which runs
+    inside our ``writev`` -- takes fewer, larger packets (32 segments a write on average
+    instead of 20, in a one-stream iperf3 run).
+    """
     device, core = iface.device, iface.core
-    decrypt = core.decrypt_datagram_into_untrusted
+    decrypt_batch = core.decrypt_batch_into_untrusted
+    decrypt_one = core.decrypt_datagram_into_untrusted
     recvmsg = sock.recvmsg_into
     fd = device.fileno()
     buffer = bytearray(MAX_DATAGRAM)
     view = memoryview(buffer)
-    # Decrypted packets of one train, one after the other.
-    plain = bytearray(2 * MAX_DATAGRAM)
+    plain = bytearray(PLAIN_ROOM)
     plain_view = memoryview(plain)
     while True:
         try:
@@ -518,7 +574,11 @@ async def _network_to_device(iface: _Interface, sock: socket.socket) -> None:
         except trio.ClosedResourceError:
             return  # rebound: the socket task restarts
         now = trio.current_time()
+        packets: list[memoryview] = []
+        used = 0  # bytes of plain holding packets
         for _ in range(BATCH):
+            if used + MAX_DATAGRAM > PLAIN_ROOM:
+                break  # no room for another receive: write, and let the other tasks run
             try:
                 n, ancdata, _flags, address = recvmsg([buffer], _CMSG_SPACE)
             except BlockingIOError:
@@ -527,28 +587,40 @@ async def _network_to_device(iface: _Interface, sock: socket.socket) -> None:
                 if exc.errno == errno.EBADF:
                     return
                 continue  # an ICMP error for an earlier send: nothing to do here
+            if n == 0:
+                continue  # an empty datagram: nothing in it for anyone
             segment = n
             for level, kind, data in ancdata:
                 if level == SOL_UDP and kind == UDP_GRO:
                     segment = int.from_bytes(data, sys.byteorder)
             source = (address[0], address[1])
-            packets: list[memoryview] = []
-            used = 0
-            for offset in range(0, n, segment or n):
-                datagram = view[offset : min(offset + segment, n)]
-                if datagram[0] in (1, 2):  # handshake initiation/response: count for load
-                    iface.count_handshake(now)
-                size = decrypt(datagram, source, plain_view[used:], now)
+            offset = 0
+            while offset < n:
+                if buffer[offset] == _DATA_MESSAGE:
+                    # The fast path takes the data messages, up to anything else.
+                    consumed, written = decrypt_batch(
+                        view[offset:n], segment, source, plain_view[used:], now, packets=packets
+                    )
+                    offset += consumed
+                    used += written
+                    if offset >= n:
+                        break
+                # A handshake message (or junk): one datagram through the general path.
+                stop = min(offset + segment, n)
+                if buffer[offset] in (1, 2):  # initiation or response: Diffie-Hellman work
+                    size = iface.handle_handshake(view[offset:stop], source, plain_view[used:])
+                else:
+                    size = decrypt_one(view[offset:stop], source, plain_view[used:], now)
                 if size:
                     packets.append(plain_view[used : used + size])
                     used += size
-            if packets:
-                _write_packets(iface, fd, packets)
+                offset = stop
             actions = core.take_actions()
             if actions:
                 iface.carry_out(actions)
-        iface.poke_timers()
-        await trio.lowlevel.checkpoint()
+        if packets:
+            _write_packets(iface, fd, packets)
+        iface.poke_timers()  # (no checkpoint: see _device_to_network)
 
 
 def _write_packets(iface: _Interface, fd: int, packets: list[memoryview]) -> None:

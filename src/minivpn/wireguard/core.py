@@ -142,6 +142,13 @@ TRANSPORT_OVERHEAD = TRANSPORT_HEADER_SIZE + 16
 _TRANSPORT_HEADER = struct.Struct("<IIQ")
 _U32 = struct.Struct("<I")
 _U16_BE = struct.Struct("!H")
+#: The total length and source address of an IPv4 header; the payload length and source
+#: address of an IPv6 header.
+_IPV4_LENGTH_SOURCE = struct.Struct("!2xH8x4s")
+_IPV6_LENGTH_SOURCE = struct.Struct("!4xH2x16s")
+#: The destination address of an IPv4 or IPv6 header, as bytes (a dictionary key).
+_IPV4_DESTINATION = struct.Struct("!16x4s")
+_IPV6_DESTINATION = struct.Struct("!24x16s")
 _TRANSPORT_TYPE = int(MessageType.TRANSPORT_DATA)
 _IPV4_HEADER_SIZE = 20
 _IPV6_HEADER_SIZE = 40
@@ -527,11 +534,12 @@ class WireGuardCore:
                 old = peer.persistent_keepalive_interval
                 peer.persistent_keepalive_interval = part.persistent_keepalive_interval
                 keepalive_turned_on = old == 0 and part.persistent_keepalive_interval != 0
+            # Prefixes, not ipaddress networks: a big configuration has 100,000+ of them.
             for change in part.allowed_ips:
                 if change.remove:
-                    self._allowed_ips.remove(change.network, peer)
+                    self._allowed_ips.remove_prefix(change.prefix, peer)
                 else:
-                    self._allowed_ips.insert(change.network, peer)
+                    self._allowed_ips.insert_prefix(change.prefix, peer)
             self._routes.clear()  # the cache of allowed-IPs lookups may be stale now
             # wireguard-go's handlePostConfig.
             if keepalive_turned_on:
@@ -559,8 +567,8 @@ class WireGuardCore:
                     rx_bytes=peer.rx_bytes,
                     persistent_keepalive_interval=peer.persistent_keepalive_interval,
                     allowed_ips=[
-                        format_allowed_ip(network)
-                        for network in self._allowed_ips.entries_for_peer(peer)
+                        format_allowed_ip(prefix)
+                        for prefix in self._allowed_ips.prefixes_for_peer(peer)
                     ],
                 )
             )
@@ -702,9 +710,9 @@ class WireGuardCore:
         # Cryptokey routing: the destination address picks the peer.
         version = buffer[0] >> 4 if length else 0
         if version == 4 and length >= _IPV4_HEADER_SIZE:
-            destination = bytes(buffer[16:20])
+            (destination,) = _IPV4_DESTINATION.unpack_from(buffer)
         elif version == 6 and length >= _IPV6_HEADER_SIZE:
-            destination = bytes(buffer[24:40])
+            (destination,) = _IPV6_DESTINATION.unpack_from(buffer)
         else:
             self._drop(DropReason.INVALID_INNER_PACKET)
             return None
@@ -805,14 +813,129 @@ class WireGuardCore:
             self._drop(DropReason.REPLAYED_COUNTER, peer)
             return 0
 
-        keypairs = peer.keypairs
-        if keypair is keypairs.next:
+        if keypair is peer.keypairs.next:
             self._confirm_next_keypair(peer, keypair, addr, now)
+        self._account_received(peer, size, 1 if plain_size else 0, addr, now)
+        if plain_size == 0:
+            return 0  # a keepalive: it has done its job by arriving
+        return self._check_inner_packet(peer, out_view, 0, plain_size)
+
+    def decrypt_batch_into_untrusted(
+        self,
+        data: memoryview,
+        segment: int,
+        addr: Endpoint,
+        out: memoryview,
+        now: float,
+        *,
+        packets: list[memoryview],
+    ) -> tuple[int, int]:
+        """Decrypt the data messages at the start of a batch of datagrams from one sender.
+
+        A UDP GRO receive returns a batch: datagrams from one source laid back to back,
+        each ``segment`` bytes but the last.  This is :meth:`decrypt_datagram_into_untrusted`
+        for the data messages of such a batch, with the per-peer bookkeeping (byte counter,
+        roaming, timers, the rekey check) done once per run of messages under the same
+        keypair instead of once per message.  That gives the same result: every message of
+        the run arrived at the same ``now`` from the same ``addr``, and each step is
+        idempotent then (``data_received`` is called twice for a run with two or more data
+        packets, which is what the later calls amount to).  Only the order of the actions
+        queued (a drop reported before an initiation) may differ.
+
+        It stops before the first datagram that is not a data message: the caller hands it
+        to :meth:`decrypt_datagram_into_untrusted` (which handshakes need anyway) and may
+        call this again for the rest.
+
+        Args:
+            data: the batch (attacker-controlled: anything is handled, nothing raises).
+            segment: the size of each datagram (the last may be shorter); > 0.
+            addr: the source ``(ip, port)`` of every datagram of the batch.
+            out: where to write the packets, one after the other: at least ``len(data)``
+                bytes.
+            now: the current monotonic time.
+            packets: the delivered packets are appended to it, as views of ``out``.
+
+        Returns:
+            ``(consumed, used)``: the bytes of ``data`` processed, and of ``out`` written.
+        """
+        end = len(data)
+        offset = used = 0
+        keypairs_by_index = self._keypairs_by_index
+        unpack_header = _TRANSPORT_HEADER.unpack_from
+        check_inner_packet = self._check_inner_packet
+        # The run of messages under one keypair, whose bookkeeping is pending.
+        run_keypair: Keypair | None = None
+        run_bytes = run_data_packets = 0
+        while offset < end:
+            stop = min(offset + segment, end)  # the last datagram may be shorter
+            size = stop - offset
+            if data[offset] != _TRANSPORT_TYPE or size < TRANSPORT_OVERHEAD:
+                break
+            word, receiver, counter = unpack_header(data, offset)
+            keypair = keypairs_by_index.get(receiver)
+            if word != _TRANSPORT_TYPE or keypair is None or now >= keypair.reject_at:
+                self._drop_unopened(word, keypair)
+                offset = stop
+                continue
+            peer = keypair.peer
+            plain_size = size - TRANSPORT_OVERHEAD
+            try:
+                keypair.receiver.open_into(
+                    counter,
+                    data[offset + TRANSPORT_HEADER_SIZE : stop],
+                    out[used : used + plain_size],
+                )
+            except DecryptionError:
+                self._drop(DropReason.DECRYPTION_FAILED, peer)
+                offset = stop
+                continue
+            offset = stop
+            if not keypair.replay.check_and_update(counter, REJECT_AFTER_MESSAGES):
+                self._drop(DropReason.REPLAYED_COUNTER, peer)
+                continue
+            if keypair is not run_keypair:
+                if run_keypair is not None:
+                    self._account_received(run_keypair.peer, run_bytes, run_data_packets, addr, now)
+                run_keypair, run_bytes, run_data_packets = keypair, 0, 0
+                if keypair is peer.keypairs.next:
+                    self._confirm_next_keypair(peer, keypair, addr, now)
+            run_bytes += size
+            if plain_size:
+                run_data_packets += 1
+                length = check_inner_packet(peer, out, used, plain_size)
+                if length:
+                    packets.append(out[used : used + length])
+                    used += length
+        if run_keypair is not None:
+            self._account_received(run_keypair.peer, run_bytes, run_data_packets, addr, now)
+        return offset, used
+
+    def _drop_unopened(self, word: int, keypair: Keypair | None) -> None:
+        """Count a data message dropped before decryption (bad type word, index, age)."""
+        if word != _TRANSPORT_TYPE:
+            self._drop(DropReason.MALFORMED)
+        elif keypair is None:
+            self._drop(DropReason.UNKNOWN_INDEX)
+        else:
+            self._drop(DropReason.KEYPAIR_EXPIRED, keypair.peer)
+
+    def _account_received(
+        self, peer: Peer, size: int, data_packets: int, addr: Endpoint, now: float
+    ) -> None:
+        """The bookkeeping of authenticated data messages from ``peer`` (``size`` bytes).
+
+        Args:
+            peer: the sender.
+            size: the messages' total size.
+            data_packets: how many of them carried a packet (the others were keepalives).
+            addr: their source: the peer's endpoint from now on (roaming).
+            now: the current monotonic time.
+        """
         peer.rx_bytes += size
         peer.endpoint = addr  # roaming: follow the source of the last authenticated datagram
         timers = peer.timers
         # keepKeyFreshReceiving: an initiator whose keys are about to expire rekeys, once.
-        current = keypairs.current
+        current = peer.keypairs.current
         if (
             current is not None
             and now > current.rekey_on_receive_at
@@ -823,10 +946,12 @@ class WireGuardCore:
         if peer.persistent_keepalive_interval:
             timers.any_authenticated_packet_traversal(now, peer.persistent_keepalive_interval)
         timers.new_handshake_at = None  # timers.any_authenticated_packet_received()
-        if plain_size == 0:
-            return 0  # a keepalive: it has done its job by arriving
-        timers.data_received(now)
-        return self._check_inner_packet(peer, out_view, plain_size)
+        if data_packets:
+            timers.data_received(now)
+            if data_packets > 1:
+                # The second call (and any later one) only notes "data arrived while the
+                # keepalive timer was armed".
+                timers.data_received(now)
 
     def _lookup_route(self, address: bytes) -> Peer | None:
         """The peer whose allowed IPs contain ``address``, remembered in a small cache.
@@ -863,11 +988,12 @@ class WireGuardCore:
         Returns:
             The size of the data message.
         """
-        # Pad with zeros to a multiple of 16, capped at the MTU (padded_size, inlined for the
-        # usual case of a packet not near the MTU).
+        # Pad with zeros to a multiple of 16, capped at the MTU (padded_size, inlined for
+        # packets up to the MTU: a full-size one is not padded at all).
         padded = (size + PADDING_MULTIPLE - 1) & -PADDING_MULTIPLE
-        if padded > self.mtu:
-            padded = padded_size(size, self.mtu)
+        mtu = self.mtu
+        if padded > mtu:
+            padded = mtu if size <= mtu else padded_size(size, mtu)
         if padded != size:
             if len(buffer) < padded:  # no room after the packet: pad a copy
                 self._pad_buffer[:size] = buffer[:size]
@@ -928,31 +1054,33 @@ class WireGuardCore:
 
     # --- receiving -----------------------------------------------------------------------------
 
-    def _check_inner_packet(self, peer: Peer, packet: memoryview, size: int) -> int:
+    def _check_inner_packet(self, peer: Peer, buffer: memoryview, start: int, size: int) -> int:
         """Cut a decrypted packet to its IP length; check its source is the peer's to use.
+
+        Args:
+            peer: the peer it came from.
+            buffer: holds the packet at ``buffer[start:start + size]``.
+            start: where it starts (an offset, not a slice: one memoryview less per packet).
+            size: its length as decrypted (padding included).
 
         Returns:
             The packet's length, or 0 if it is dropped.
         """
-        version = packet[0] >> 4
-        if version == 4:
-            if size < _IPV4_HEADER_SIZE:
-                self._drop(DropReason.INVALID_INNER_PACKET, peer)
-                return 0
-            length: int = _U16_BE.unpack_from(packet, 2)[0]
+        # One unpack gives the length field and the source address (bytes, a dictionary key).
+        version = buffer[start] >> 4
+        length: int
+        source: bytes
+        if version == 4 and size >= _IPV4_HEADER_SIZE:
+            length, source = _IPV4_LENGTH_SOURCE.unpack_from(buffer, start)
             if length > size or length < _IPV4_HEADER_SIZE:
                 self._drop(DropReason.INVALID_INNER_PACKET, peer)
                 return 0
-            source = bytes(packet[12:16])
-        elif version == 6:
-            if size < _IPV6_HEADER_SIZE:
-                self._drop(DropReason.INVALID_INNER_PACKET, peer)
-                return 0
-            length = _U16_BE.unpack_from(packet, 4)[0] + _IPV6_HEADER_SIZE
+        elif version == 6 and size >= _IPV6_HEADER_SIZE:
+            length, source = _IPV6_LENGTH_SOURCE.unpack_from(buffer, start)
+            length += _IPV6_HEADER_SIZE
             if length > size:
                 self._drop(DropReason.INVALID_INNER_PACKET, peer)
                 return 0
-            source = bytes(packet[8:24])
         else:
             self._drop(DropReason.INVALID_INNER_PACKET, peer)
             return 0
