@@ -53,4 +53,4 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".")
     if os.geteuid() != 0:
         session.error("the benchmark needs root (it builds namespaces and runs iperf3)")
-    session.run("python", "bench/run.py", *session.posargs)
+    session.run("python", "tests/bench/run.py", *(session.posargs or ["--streams", "1,4"]))
