@@ -277,12 +277,6 @@ def endpoint_text(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs runtime/vpn.py's receive and send loops to use minivpn.runtime.sticky "
-    "(_network_to_device: sticky.ANCILLARY_SPACE and sticky.endpoint_from; _send_run: "
-    "sticky.send); see the report of issue 5",
-)
 @pytest.mark.skipif(shutil.which("wg") is None, reason="needs wg (wireguard-tools)")
 @pytest.mark.parametrize("family", [4, 6])
 def test_minivpnd_replies_from_the_address_the_peer_used_and_lets_it_go(

@@ -285,11 +285,6 @@ def test_source_address_not_too_sticky(lab: Lab) -> None:
     assert wg2.peer(wg1.public_key).endpoint == f"[fd00:5100:100::10]:{PORT1}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="minivpn answers from the address the kernel picks, not the one the peer sent to "
-    "(no IP_PKTINFO/IPV6_PKTINFO on its UDP sockets); see the report of issue 5",
-)
 def test_reply_from_the_address_the_peer_used(lab: Lab) -> None:
     """wg1's host has two addresses; wg2 talks to the second: wg1 must answer from it, or wg2
     sees its endpoint jump to the first (netns.sh's "reply to sender routing")."""

@@ -98,7 +98,6 @@ _DATA_MESSAGE = 4
 #: device counts as "under load" for the rest of the window (see _Interface.handle_handshake).
 HANDSHAKE_TIME_BUDGET = 0.25
 _GSO_SIZE = struct.Struct("=H")
-_CMSG_SPACE = socket.CMSG_SPACE(4)
 _PROBE_PACKET = bytes(VNET_HDR_LEN) + b"\x40"  # see _link_is_up
 
 
@@ -532,15 +531,15 @@ def _send_run(
     if sock is None:
         return
     try:
+        # sticky.send answers from the local address the peer wrote to (sticky.py).
         if count == 1:
-            sock.sendto(view[:end], endpoint)
+            sticky.send(sock, view[:end], endpoint)
         elif iface.gso:
-            sock.sendmsg(
-                [view[:end]], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(segment))], 0, endpoint
-            )
+            gso = (SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(segment))
+            sticky.send(sock, view[:end], endpoint, [gso])
         else:
             for offset in range(0, end, segment):
-                sock.sendto(view[offset : min(offset + segment, end)], endpoint)
+                sticky.send(sock, view[offset : min(offset + segment, end)], endpoint)
     except OSError as exc:
         if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT) and iface.gso and count > 1:
             log.info("UDP GSO refused (%s): sending datagrams one by one", exc.strerror)
@@ -580,7 +579,7 @@ async def _network_to_device(iface: _Interface, sock: socket.socket) -> None:
             if used + MAX_DATAGRAM > PLAIN_ROOM:
                 break  # no room for another receive: write, and let the other tasks run
             try:
-                n, ancdata, _flags, address = recvmsg([buffer], _CMSG_SPACE)
+                n, ancdata, _flags, address = recvmsg([buffer], sticky.ANCILLARY_SPACE)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -593,7 +592,7 @@ async def _network_to_device(iface: _Interface, sock: socket.socket) -> None:
             for level, kind, data in ancdata:
                 if level == SOL_UDP and kind == UDP_GRO:
                     segment = int.from_bytes(data, sys.byteorder)
-            source = (address[0], address[1])
+            source = sticky.endpoint_from(address, ancdata)
             offset = 0
             while offset < n:
                 if buffer[offset] == _DATA_MESSAGE:
