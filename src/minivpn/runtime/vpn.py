@@ -119,6 +119,7 @@ class _Interface:
         self.handshake_window_start = -math.inf
         self.handshake_seconds = 0.0  # CPU time spent on handshake messages in the window
         self.socket_scope: trio.CancelScope | None = None
+        self.outbound = _Outbound(self)
 
     # -- sockets ------------------------------------------------------------------------------
 
@@ -452,18 +453,38 @@ def _link_is_up(device: TunDevice) -> bool:
 
 
 async def _device_to_network(iface: _Interface) -> None:
-    """TUN -> UDP: read packets, encrypt, send same-size runs to one peer with one sendmsg."""
-    device, core = iface.device, iface.core
-    encrypt = core.encrypt_packet_into
-    readv, fd = os.readv, device.fileno()
-    packet_buffer = bytearray(VNET_HDR_LEN + MAX_DATAGRAM)
-    read_into = [packet_buffer]  # readv's argument, built once
-    packet_body = memoryview(packet_buffer)[VNET_HDR_LEN:]  # the packet behind its header
-    out = bytearray(GSO_MAX_BYTES + MAX_DATAGRAM)
-    out_view = memoryview(out)
+    """TUN -> UDP: whenever the TUN is readable, drain it (:class:`_Outbound`)."""
+    device, outbound = iface.device, iface.outbound
     while True:
         await device.wait_readable()
-        now = trio.current_time()
+        outbound.drain(trio.current_time())
+        # No checkpoint here: wait_readable always goes through the scheduler, even when the
+        # fd is ready, so the other tasks get their turn after every batch anyway (an extra
+        # checkpoint only added one more pass of trio's loop per wake-up).
+
+
+class _Outbound:
+    """The way out of one interface: read packets from the TUN, encrypt, send.
+
+    Its buffers are allocated once.  :meth:`drain` is synchronous, so the two tasks that call
+    it (``device_to_network``, and ``network_to_device`` right after its writes) can never be
+    inside it at the same time.
+    """
+
+    def __init__(self, iface: _Interface) -> None:
+        self.iface = iface
+        self.packet_buffer = bytearray(VNET_HDR_LEN + MAX_DATAGRAM)
+        self.read_into = [self.packet_buffer]  # readv's argument, built once
+        self.packet_body = memoryview(self.packet_buffer)[VNET_HDR_LEN:]  # behind the header
+        self.out_view = memoryview(bytearray(GSO_MAX_BYTES + MAX_DATAGRAM))
+
+    def drain(self, now: float) -> None:
+        """Read the TUN until it is empty (or BATCH packets); send same-size runs per peer."""
+        iface = self.iface
+        device, core = iface.device, iface.core
+        encrypt = core.encrypt_packet_into
+        readv, fd, read_into = os.readv, device.fileno(), self.read_into
+        packet_body, out_view = self.packet_body, self.out_view
         # The run being gathered: datagrams of size `segment` for `endpoint`, in out[:end].
         end = 0
         segment = 0
@@ -483,7 +504,7 @@ async def _device_to_network(iface: _Interface) -> None:
             except OSError:
                 # The device's own read turns the error into the right exception
                 # (DeviceGone...), or reads a packet after all.
-                n = device.read_nowait_into(packet_buffer)
+                n = device.read_nowait_into(self.packet_buffer)
                 if n == 0:
                     break
             if n <= VNET_HDR_LEN:
@@ -511,9 +532,6 @@ async def _device_to_network(iface: _Interface) -> None:
             iface.carry_out(actions)
         else:
             iface.poke_timers()
-        # No checkpoint here: wait_readable always goes through the scheduler, even when the
-        # fd is ready, so the other tasks get their turn after every batch anyway (an extra
-        # checkpoint only added one more pass of trio's loop per wake-up).
 
 
 def _send_run(
@@ -619,7 +637,13 @@ async def _network_to_device(iface: _Interface, sock: socket.socket) -> None:
                 iface.carry_out(actions)
         if packets:
             _write_packets(iface, fd, packets)
-        iface.poke_timers()  # (no checkpoint: see _device_to_network)
+            # The kernel answers what we write from inside the write itself (a ping's reply,
+            # TCP's ACKs), so the answer is usually in the TUN already: sending it now, in
+            # this turn, saves one pass through trio's scheduler -- the largest part of the
+            # time a lone packet spends in this process (docs/performance.md, "Latency").
+            iface.outbound.drain(now)
+        else:
+            iface.poke_timers()  # (no checkpoint: see _device_to_network)
 
 
 def _write_packets(iface: _Interface, fd: int, packets: list[memoryview]) -> None:
