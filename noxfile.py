@@ -54,3 +54,5 @@ def bench(session: nox.Session) -> None:
     if os.geteuid() != 0:
         session.error("the benchmark needs root (it builds namespaces and runs iperf3)")
     session.run("python", "tests/bench/run.py", *(session.posargs or ["--streams", "1,4"]))
+    if not session.posargs:
+        session.run("python", "tests/bench/floor.py")

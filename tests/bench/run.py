@@ -8,7 +8,8 @@ fresh namespaces joined by a veth pair (198.51.100.1/24 <-> .2/24), one tunnel e
 addresses 10.99.N.1/24 and 10.99.N.2/24, tunnel MTU 1420.  All tunnels stay up; then ROUNDS rounds,
 the program order rotated each round, each one ``iperf3 -c <inner B> -t DURATION -J`` (client in A,
 server in B, TCP, one stream; optionally ``-P 4``) recording the receiver's Mbit/s, followed by
-``ping -c 20 -i 0.05`` A->B through the tunnel.  The table gives each program's median and its ratio
+``ping -c 20 -i 0.05`` A->B through the tunnel; a second ping runs alongside every iperf3 run
+(latency under load, lost probes counted).  The table gives each program's median and its ratio
 to wireguard-go's median from the same run.  This is a benchmark, never a pass/fail test.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -203,16 +205,25 @@ def _children(pid: int) -> list[int]:
     return [int(k) for k in kids] + [g for k in kids for g in _children(int(k))]
 
 
-def iperf(a: Namespace, b: Namespace, dst: str, duration: int, streams: int) -> float:
+def iperf(
+    a: Namespace, b: Namespace, dst: str, duration: int, streams: int, loaded_rtts: list[float]
+) -> float:
+    """Mbit/s of an iperf3 TCP run; a ping runs alongside and its RTTs go to *loaded_rtts*.
+
+    The ping (every 50 ms, from the second second on) measures the latency a tunnel adds under
+    load: mostly the queues in front of its slowest step.  A lost probe counts as 1 s.
+    """
     server = b.popen(["iperf3", "-s", "-1", "-B", dst])
     try:
         _wait_for(lambda: _port_open(b, 5201), timeout=10)
-        out = a.run(
-            ["iperf3", "-c", dst, "-t", str(duration), "-P", str(streams), "-J"],
-            check=False,
-            timeout=duration + 30,
-        )
-        data = json.loads(out.stdout)
+        client = a.popen(["iperf3", "-c", dst, "-t", str(duration), "-P", str(streams), "-J"])
+        time.sleep(1.0)
+        probes = int((duration - 1.5) / 0.05)
+        pinged = a.run(["ping", "-n", "-c", str(probes), "-i", "0.05", "-W", "1", dst], check=False)
+        stdout, _ = client.communicate(timeout=duration + 30)
+        rtts = [float(t) for t in re.findall(r"time=([\d.]+) ms", pinged.stdout)]
+        loaded_rtts.extend(rtts + [1000.0] * (probes - len(rtts)))
+        data = json.loads(stdout)
         if "error" in data:
             raise RuntimeError(data["error"])
         return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
@@ -266,6 +277,7 @@ def main() -> int:
         (p, n): [] for p in programs for n in stream_counts
     }
     rtts: dict[str, list[float]] = {p: [] for p in programs}
+    loaded: dict[str, list[float]] = {p: [] for p in programs}
     rss: dict[str, int] = {}
     with Topology("bn") as topo:
         ends = {}
@@ -281,7 +293,7 @@ def main() -> int:
             for name in order:
                 a, b, dst, pids = ends[name]
                 for streams in stream_counts:
-                    mbit = iperf(a, b, dst, args.duration, streams)
+                    mbit = iperf(a, b, dst, args.duration, streams, loaded[name])
                     results[(name, streams)].append(mbit)
                     print(
                         f"bench: round {r + 1} {name} -P {streams}: {mbit:.0f} Mbit/s",
@@ -300,8 +312,8 @@ def main() -> int:
     header = "| program |"
     for streams in stream_counts:
         header += f" TCP -P {streams} | ratio |"
-    print(header + " ping avg ms | RSS per end (MiB) |")
-    print("|---|" + "---|---|" * len(stream_counts) + "---|---|")
+    print(header + " ping avg ms | ping under load: median, p99 ms | RSS per end (MiB) |")
+    print("|---|" + "---|---|" * len(stream_counts) + "---|---|---|")
     for name in programs:
         row = f"| {name} |"
         for streams in stream_counts:
@@ -310,7 +322,13 @@ def main() -> int:
             ref = statistics.median(results[("wireguard-go", streams)])
             row += f" {med:.0f} ({min(vals):.0f}..{max(vals):.0f}) | {med / ref:.2f} |"
         memory = f"{rss[name] / 1024:.1f}" if rss[name] else "-"
-        print(row + f" {statistics.median(rtts[name]):.3f} | {memory} |")
+        under = sorted(loaded[name])
+        p99 = under[min(len(under) - 1, int(len(under) * 0.99))] if under else math.nan
+        lost = sum(1 for rtt in under if rtt >= 1000.0)
+        under_load = f"{statistics.median(under) if under else math.nan:.2f}, {p99:.2f}"
+        if lost:
+            under_load += f" ({lost} of {len(under)} lost)"
+        print(row + f" {statistics.median(rtts[name]):.3f} | {under_load} | {memory} |")
     if "minivpn" in programs and args.handshake_rates != "none":
         import handshakes  # tests/bench/handshakes.py, next to this file
 
