@@ -53,9 +53,14 @@ import attrs
 
 from minivpn.wireguard.errors import WireGuardError
 
-__all__ = ["AllowedIPs", "InvalidNetwork", "Network", "Prefix"]
+__all__ = ["AllowedIPs", "IPAddress", "IPNetwork", "InvalidNetwork", "Network", "Prefix"]
 
-Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The ``ipaddress`` unions that config.py and uapi.py annotate with are written once, here:
+# this module imports nothing from minivpn.wireguard but errors, so both can import it.
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: An IPv4 or IPv6 network: the name this module's API uses for :data:`IPNetwork`.
+Network: TypeAlias = IPNetwork
 
 PeerT = TypeVar("PeerT")
 

@@ -47,6 +47,7 @@ from typing import TypeAlias, TypeVar
 
 import attrs
 
+from minivpn.wireguard.allowedips import IPAddress, IPNetwork
 from minivpn.wireguard.errors import InvalidKey, WireGuardError
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 
@@ -54,6 +55,8 @@ __all__ = [
     "Config",
     "ConfigError",
     "Endpoint",
+    "IPAddress",
+    "IPNetwork",
     "InterfaceConfig",
     "PeerConfig",
     "format_config",
@@ -61,9 +64,7 @@ __all__ = [
     "parse_config",
 ]
 
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface: TypeAlias = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 _KeyT = TypeVar("_KeyT", PrivateKey, PublicKey, PresharedKey)
 
 

@@ -31,7 +31,7 @@ import binascii
 import hmac
 import os
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Self
 
 import attrs
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -186,31 +186,34 @@ class PublicKey:
         return f"PublicKey({self.to_base64()})"
 
 
-# --- private keys ---------------------------------------------------------------------------------
+# --- what the two secret keys share ---------------------------------------------------------------
 
 
-@attrs.frozen(eq=False, repr=False)
-class PrivateKey:
-    """A Curve25519 private key, clamped on construction (except all zeros, meaning "unset").
+class _SecretKey:
+    """The part that :class:`PrivateKey` and :class:`PresharedKey` have in common.
 
-    ``repr()`` shows the matching public key, never the private one.  Equality is constant-time.
+    Both are 32 secret bytes that ``wg`` generates, prints and parses in the same ways, where all
+    zeros means "no key", and which must compare in constant time.  Writing that once here keeps
+    each subclass down to what really differs: how its bytes are checked (a private key is
+    clamped), its ``repr()``, and, for a private key, the public key and Diffie-Hellman.
 
-    Attributes:
-        raw: the 32 (clamped) key bytes.  Treat them as a secret.
+    A subclass is an attrs class with a ``raw`` field, and sets ``_KIND`` to the words that
+    name it in error messages ("private key", "preshared key").
     """
 
-    raw: bytes = attrs.field(converter=_clamped_private_bytes)
-    _x25519: X25519PrivateKey = attrs.field(init=False)
-    _public: PublicKey = attrs.field(init=False)
+    # No attributes of its own, so that the slotted attrs subclasses still have no __dict__.
+    __slots__ = ()
 
-    def __attrs_post_init__(self) -> None:
-        private = X25519PrivateKey.from_private_bytes(self.raw)
-        object.__setattr__(self, "_x25519", private)
-        object.__setattr__(self, "_public", PublicKey(private.public_key().public_bytes_raw()))
+    _KIND: ClassVar[str]
+    raw: bytes
+
+    if TYPE_CHECKING:
+        # attrs writes each subclass's __init__; this line only tells mypy that cls(raw) works.
+        def __init__(self, raw: bytes) -> None: ...
 
     @classmethod
-    def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> PrivateKey:
-        """Create a new random private key, like ``wg genkey``.
+    def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> Self:
+        """Create a new random key, like ``wg genkey`` (private) or ``wg genpsk`` (preshared).
 
         Args:
             rng: source of random bytes; tests may pass a deterministic one.
@@ -218,22 +221,22 @@ class PrivateKey:
         return cls(rng(KEY_SIZE))
 
     @classmethod
-    def from_base64(cls, text: str) -> PrivateKey:
-        """Parse a private key written as ``wg genkey`` prints it, and clamp it.
+    def from_base64(cls, text: str) -> Self:
+        """Parse a key written as ``wg genkey``/``wg genpsk`` prints it; a private key is clamped.
 
         Raises:
             InvalidKey: ``text`` is not the canonical base64 of 32 bytes.
         """
-        return cls(_decode_base64(text, "private key"))
+        return cls(_decode_base64(text, cls._KIND))
 
     @classmethod
-    def from_hex(cls, text: str) -> PrivateKey:
-        """Parse a private key written as 64 hex digits (UAPI), and clamp it.
+    def from_hex(cls, text: str) -> Self:
+        """Parse a key written as 64 hex digits (UAPI); a private key is clamped.
 
         Raises:
             InvalidKey: ``text`` is not 64 hexadecimal digits.
         """
-        return cls(_decode_hex(text, "private key"))
+        return cls(_decode_hex(text, cls._KIND))
 
     def to_base64(self) -> str:
         """Return the key in base64, as ``wg showconf`` prints it.  It is a secret."""
@@ -244,8 +247,45 @@ class PrivateKey:
         return self.raw.hex()
 
     def is_zero(self) -> bool:
-        """Tell whether this is the all-zero key that means "no private key"."""
+        """Tell whether this is the all-zero key that means "no private key"/"no preshared key"."""
         return hmac.compare_digest(self.raw, _ZERO_KEY)
+
+    def __eq__(self, other: object) -> bool:
+        # Only keys of the same kind compare: a private key never equals a preshared key, even
+        # with the same bytes.  compare_digest takes as long wherever the bytes differ.
+        if not isinstance(other, type(self)):
+            return NotImplemented
+        return hmac.compare_digest(self.raw, other.raw)
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.raw))
+
+
+# --- private keys ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(eq=False, repr=False)
+class PrivateKey(_SecretKey):
+    """A Curve25519 private key, clamped on construction (except all zeros, meaning "unset").
+
+    :meth:`generate` makes one like ``wg genkey``; :meth:`from_base64` and :meth:`from_hex`
+    parse one and clamp it.  ``repr()`` shows the matching public key, never the private one.
+    Equality is constant-time.
+
+    Attributes:
+        raw: the 32 (clamped) key bytes.  Treat them as a secret.
+    """
+
+    _KIND: ClassVar[str] = "private key"
+
+    raw: bytes = attrs.field(converter=_clamped_private_bytes)
+    _x25519: X25519PrivateKey = attrs.field(init=False)
+    _public: PublicKey = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        private = X25519PrivateKey.from_private_bytes(self.raw)
+        object.__setattr__(self, "_x25519", private)
+        object.__setattr__(self, "_public", PublicKey(private.public_key().public_bytes_raw()))
 
     def public_key(self) -> PublicKey:
         """Return the matching public key, as ``wg pubkey`` computes it."""
@@ -262,14 +302,6 @@ class PrivateKey:
         except ValueError:
             raise LowOrderKey(f"{peer} is a low-order point; it can never be used") from None
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, PrivateKey):
-            return NotImplemented
-        return hmac.compare_digest(self.raw, other.raw)
-
-    def __hash__(self) -> int:
-        return hash((PrivateKey, self.raw))
-
     def __repr__(self) -> str:
         if self.is_zero():
             return "PrivateKey(<zero: no key>)"
@@ -280,14 +312,18 @@ class PrivateKey:
 
 
 @attrs.frozen(eq=False, repr=False)
-class PresharedKey:
+class PresharedKey(_SecretKey):
     """An optional symmetric key mixed into the handshake (post-quantum "insurance").
 
     All zeros means "none"; that is also the value the protocol mixes in when there is none.
+    :meth:`generate` makes one like ``wg genpsk``; :meth:`from_base64` and :meth:`from_hex`
+    parse one.  ``repr()`` never shows the key.  Equality is constant-time.
 
     Attributes:
         raw: the 32 key bytes.  Treat them as a secret.
     """
+
+    _KIND: ClassVar[str] = "preshared key"
 
     raw: bytes = attrs.field(converter=_preshared_bytes)
 
@@ -295,49 +331,6 @@ class PresharedKey:
     def zero(cls) -> PresharedKey:
         """The all-zero key, meaning "no preshared key"."""
         return cls(_ZERO_KEY)
-
-    @classmethod
-    def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> PresharedKey:
-        """Create a new random preshared key, like ``wg genpsk``."""
-        return cls(rng(KEY_SIZE))
-
-    @classmethod
-    def from_base64(cls, text: str) -> PresharedKey:
-        """Parse a preshared key written as ``wg genpsk`` prints it.
-
-        Raises:
-            InvalidKey: ``text`` is not the canonical base64 of 32 bytes.
-        """
-        return cls(_decode_base64(text, "preshared key"))
-
-    @classmethod
-    def from_hex(cls, text: str) -> PresharedKey:
-        """Parse a preshared key written as 64 hex digits (UAPI).
-
-        Raises:
-            InvalidKey: ``text`` is not 64 hexadecimal digits.
-        """
-        return cls(_decode_hex(text, "preshared key"))
-
-    def to_base64(self) -> str:
-        """Return the key in base64.  It is a secret."""
-        return base64.b64encode(self.raw).decode("ascii")
-
-    def to_hex(self) -> str:
-        """Return the key as UAPI writes it (64 lowercase hex digits).  It is a secret."""
-        return self.raw.hex()
-
-    def is_zero(self) -> bool:
-        """Tell whether this is the all-zero key that means "no preshared key"."""
-        return hmac.compare_digest(self.raw, _ZERO_KEY)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, PresharedKey):
-            return NotImplemented
-        return hmac.compare_digest(self.raw, other.raw)
-
-    def __hash__(self) -> int:
-        return hash((PresharedKey, self.raw))
 
     def __repr__(self) -> str:
         return "PresharedKey(<zero: none>)" if self.is_zero() else "PresharedKey(<redacted>)"

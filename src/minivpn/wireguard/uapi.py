@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
 
-from minivpn.wireguard.allowedips import Prefix
+from minivpn.wireguard.allowedips import IPAddress, IPNetwork, Prefix
 from minivpn.wireguard.errors import InvalidKey, WireGuardError
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 
@@ -84,6 +84,8 @@ __all__ = [
     "DeviceSet",
     "DeviceSnapshot",
     "GetRequest",
+    "IPAddress",
+    "IPNetwork",
     "PeerSet",
     "PeerSnapshot",
     "RequestError",
@@ -99,8 +101,6 @@ __all__ = [
     "parse_get_response",
 ]
 
-IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 #: An endpoint as a (address, port) pair; IPv6 addresses may carry a ``%zone``.
 AddrPort: TypeAlias = tuple[IPAddress, int]
 
