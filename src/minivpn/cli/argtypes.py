@@ -1,4 +1,9 @@
-"""Argument types shared by the sub-commands: each turns text into a value or one clear error."""
+"""Argument types and options shared by the sub-commands.
+
+An argument type turns text into a value or one clear error.  The ``add_*`` helpers declare the
+options that several commands share (``--tap``, ``--pi``, ``--address``), so that each option
+has one name, one meaning and one help text everywhere.
+"""
 
 from __future__ import annotations
 
@@ -29,3 +34,36 @@ def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number")
     return int(text)
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--tap`` and ``--pi``: the kind of device and whether its packets carry a PI header.
+
+    They set ``args.tap`` and ``args.pi`` (both False by default).
+    """
+    parser.add_argument(
+        "--tap", action="store_true", help="a TAP device (Ethernet frames), not TUN (IP packets)"
+    )
+    parser.add_argument(
+        "--pi", action="store_true", help="the device has the 4-byte packet-information (PI) header"
+    )
+
+
+def add_address_option(parser: argparse.ArgumentParser, *, check: bool = True) -> None:
+    """Add ``--address CIDR`` (repeatable): it sets ``args.address``, a list of strings.
+
+    Args:
+        parser: the sub-command's parser.
+        check: refuse a malformed address while parsing, as a usage error (exit status 2).
+            With False any text is accepted and the command must check it itself, before it
+            changes anything (``minivpn tun`` does, reporting it as ``minivpn: invalid
+            address ...``, exit status 1).
+    """
+    parser.add_argument(
+        "--address",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        type=cidr if check else str,
+        help="add this address to the device, e.g. 10.9.0.1/24 or fd00:9::1/64 (repeatable)",
+    )

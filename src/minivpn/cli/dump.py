@@ -33,16 +33,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("name", metavar="NAME", nargs="?", help="device (default: a new temporary one)")
-    p.add_argument("--tap", action="store_true", help="a TAP device (Ethernet frames)")
-    p.add_argument("--pi", action="store_true", help="the device has the 4-byte PI header")
-    p.add_argument(
-        "--address",
-        metavar="CIDR",
-        action="append",
-        default=[],
-        type=argtypes.cidr,
-        help="add this address to the device (repeatable)",
-    )
+    argtypes.add_device_options(p)
+    argtypes.add_address_option(p)
     p.add_argument("-c", "--count", type=argtypes.positive_int, help="exit after this many packets")
     p.add_argument(
         "-w", "--write", metavar="FILE.pcap", help="also write the packets to a pcap file"

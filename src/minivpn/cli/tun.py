@@ -115,19 +115,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _add_flag_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tap", action="store_true", help="layer 2 (Ethernet frames), not TUN")
-    parser.add_argument("--pi", action="store_true", help="4-byte packet-information header")
+    argtypes.add_device_options(parser)
     parser.add_argument("--multi-queue", action="store_true", help="allow several attachments")
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--address",
-        action="append",
-        default=[],
-        metavar="CIDR",
-        help="add this address, e.g. 10.9.0.1/24 or fd00:9::1/64 (repeatable)",
-    )
+    # Not checked while parsing: _check_config refuses a bad address as a MinivpnError.
+    argtypes.add_address_option(parser, check=False)
     parser.add_argument("--mtu", type=argtypes.mtu, help="set the MTU")
     parser.add_argument("--up", action="store_true", help="bring the link up")
 

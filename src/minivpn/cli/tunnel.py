@@ -96,16 +96,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="packets framed by a 2-byte length on a TCP connection",
     )
     p.set_defaults(transport="udp")
-    p.add_argument("--tap", action="store_true", help="a TAP device: carry Ethernet frames")
-    p.add_argument("--pi", action="store_true", help="the device has the 4-byte PI header")
-    p.add_argument(
-        "--address",
-        metavar="CIDR",
-        action="append",
-        default=[],
-        type=argtypes.cidr,
-        help="add this address to the device (repeatable)",
-    )
+    argtypes.add_device_options(p)
+    argtypes.add_address_option(p)
     p.add_argument("--mtu", type=argtypes.mtu, help="set the device MTU")
     p.add_argument(
         "--offload",
