@@ -3,9 +3,9 @@
 The daemon is started the way ``wg-quick`` and wireguard-go's ``tests/netns.sh`` start
 wireguard-go: ``minivpnd IFNAME`` returns once the device and the UAPI socket exist, and a
 background process (not a child of the test: it was forked by the command, which exited) runs
-the interface.  The tests find that process through the socket: the kernel reports the PID of
-the process listening on a UNIX socket to whoever connects (``SO_PEERCRED``), and every test
-stops the processes it found by PID in ``finally`` (:class:`Daemons`), before the namespaces go.
+the interface.  The tests find that process through the socket (``SO_PEERCRED``) and every test
+stops the processes it found by PID, before the namespaces go (the ``daemons`` and ``topo``
+fixtures of :mod:`tests.helpers.daemons`).
 
 Run inside ``netns/isolate`` (private network namespace and private ``/run``, where
 ``/var/run/wireguard`` lives), as ``tests/conftest.py`` arranges.
@@ -13,130 +13,45 @@ Run inside ``netns/isolate`` (private network namespace and private ``/run``, wh
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-import json
 import os
 import shutil
 import signal
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.helpers.daemons import (  # the fixtures are imported for pytest to find them
+    fixture_daemons,  # noqa: F401
+    fixture_topo,  # noqa: F401
+    interface_name,
+    link,
+    socket_owner,
+    wg,
+)
 from tests.helpers.procs import assert_clean_failure, ping, start, wait_for_ping, wait_until
 from tests.helpers.runas import run_call_as, tun_openable_by_everyone
-
-from netns import Topology
+from tests.helpers.wg import MINIVPND, SOCKET_DIR, genkey
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from tests.helpers.daemons import Daemons
 
-    from netns import Namespace
+    from netns import Namespace, Topology
 
 pytestmark = pytest.mark.skipif(shutil.which("wg") is None, reason="needs wg (wireguard-tools)")
 
-MINIVPND = (sys.executable, "-m", "minivpn.daemon")
-SOCKET_DIR = Path("/var/run/wireguard")
 #: This module, as tests.helpers.runas imports it in the child process.
 HERE = "tests.netns.test_daemon"
-
-_names = itertools.count()
 
 
 def fresh_name(tag: str = "d") -> str:
     """An interface name no other test uses (the socket directory is shared)."""
-    return f"mvd{tag}{os.getpid() % 1000}{next(_names)}"
-
-
-# --- finding and stopping the daemons -------------------------------------------------------------
-
-
-def process_alive(pid: int) -> bool:
-    """Whether *pid* runs (a zombie, exited but not yet reaped, counts as gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return fields[0] not in ("Z", "X")
-
-
-def socket_owner(path: Path) -> int | None:
-    """The PID of the process listening on UNIX socket *path* (SO_PEERCRED), or None."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(5)
-        try:
-            client.connect(str(path))
-        except OSError:
-            return None
-        pid, _, _ = struct.unpack(
-            "3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        )
-    return int(pid)
-
-
-class Daemons:
-    """The daemons a test started: found through their sockets, stopped by PID at the end."""
-
-    def __init__(self) -> None:
-        self.pids: list[int] = []
-
-    def find(self, name: str, timeout: float = 10.0) -> int:
-        """The PID of the live process serving *name*'s socket (it is remembered for cleanup).
-
-        Right after ``minivpnd`` returns, the socket may still name the parent that created
-        it (and exited); the daemon claims it a moment later.
-        """
-        path = SOCKET_DIR / f"{name}.sock"
-
-        def live_owner() -> int | None:
-            pid = socket_owner(path)
-            return pid if pid is not None and process_alive(pid) else None
-
-        pid = wait_until(live_owner, timeout=timeout, what=f"a live process serving {path}")
-        self.pids.append(pid)
-        return pid
-
-    def wait_gone(self, pid: int, timeout: float = 10.0) -> None:
-        wait_until(lambda: not process_alive(pid), timeout=timeout, what=f"PID {pid} to exit")
-
-    def stop_all(self) -> None:
-        for pid in self.pids:
-            if process_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for pid in self.pids:
-            while process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if process_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    found = Daemons()
-    try:
-        yield found
-    finally:
-        found.stop_all()
-
-
-@pytest.fixture
-def topo(daemons: Daemons) -> Iterator[Topology]:
-    """A topology whose daemons are stopped before its namespaces are deleted."""
-    with Topology() as topology:
-        try:
-            yield topology
-        finally:
-            daemons.stop_all()
+    return interface_name("mvd", tag)
 
 
 # --- small helpers --------------------------------------------------------------------------------
@@ -150,22 +65,15 @@ def minivpnd(
     return ns.run([*MINIVPND, *args], check=False, timeout=30, env=full_env)
 
 
-def wg(ns: Namespace, *args: str, input: str | None = None) -> str:
-    return ns.run(["wg", *args], input=input, timeout=30).stdout
+def start_minivpnd(ns: Namespace, name: str, daemons: Daemons) -> int:
+    """``minivpnd NAME`` in *ns*, which must succeed.
 
-
-def link(ns: Namespace, name: str) -> dict[str, object] | None:
-    """``ip -j link show NAME`` in *ns*, or None if there is no such link."""
-    result = ns.ip("-j", "link", "show", name, check=False)
-    if result.returncode != 0:
-        return None
-    found: list[dict[str, object]] = json.loads(result.stdout)
-    return found[0]
-
-
-def key_pair(ns: Namespace) -> tuple[str, str]:
-    private = wg(ns, "genkey").strip()
-    return private, wg(ns, "pubkey", input=private + "\n").strip()
+    Returns:
+        The PID of the daemon it left running (remembered by *daemons*, to be stopped).
+    """
+    result = minivpnd(ns, name)
+    assert result.returncode == 0, result.stderr
+    return daemons.find(name)
 
 
 def set_config(ns: Namespace, name: str, config: str, tmp_path: Path) -> None:
@@ -174,6 +82,77 @@ def set_config(ns: Namespace, name: str, config: str, tmp_path: Path) -> None:
     path.write_text(config)
     path.chmod(0o600)
     ns.run(["wg", "setconf", name, str(path)], timeout=30)
+
+
+@dataclass(frozen=True)
+class MovedPair:
+    """Two peered minivpnd interfaces, as :func:`moved_pair` leaves them.
+
+    Attributes:
+        ns0: where both daemons run and their UDP sockets are (they talk over its loopback).
+        ns1, ns2: where the devices ``one`` and ``two`` were moved (up, with their addresses).
+        one, two: the interface names.
+        public1, public2: their public keys.
+    """
+
+    ns0: Namespace
+    ns1: Namespace
+    ns2: Namespace
+    one: str
+    two: str
+    public1: str
+    public2: str
+
+
+def moved_pair(
+    topo: Topology,
+    daemons: Daemons,
+    tmp_path: Path,
+    *,
+    tags: tuple[str, str],
+    subnet: str,
+    ports: tuple[int, int],
+) -> MovedPair:
+    """wireguard-go's tests/netns.sh setup: two daemons in ns0, their devices moved away.
+
+    Both daemons are started in a new namespace ns0; device ``one`` is moved to a new ns1 and
+    device ``two`` to a new ns2.  Through the sockets (still in ns0) each gets a new key, its
+    listen port from *ports*, and the other as its peer at ``127.0.0.1:PORT``.  Then ``one``
+    gets ``SUBNET.1/24``, ``two`` gets ``SUBNET.2/24``, and both are brought up.
+
+    Args:
+        topo, daemons: the test's fixtures.
+        tmp_path: where the ``wg setconf`` files go.
+        tags: the tags of the two interface names (see :func:`fresh_name`).
+        subnet: the first three bytes of an IPv4 /24, like ``10.92.0``.
+        ports: the listen ports of ``one`` and ``two``.
+    """
+    ns0, ns1, ns2 = topo.namespace("z"), topo.namespace("o"), topo.namespace("t")
+    one, two = fresh_name(tags[0]), fresh_name(tags[1])
+    for name, ns in ((one, ns1), (two, ns2)):
+        start_minivpnd(ns0, name, daemons)
+        ns0.ip("link", "set", name, "netns", ns.name)
+    keys1, keys2 = genkey(), genkey()
+    set_config(
+        ns0,
+        one,
+        f"[Interface]\nPrivateKey = {keys1.private}\nListenPort = {ports[0]}\n\n"
+        f"[Peer]\nPublicKey = {keys2.public}\nAllowedIPs = {subnet}.2/32\n"
+        f"Endpoint = 127.0.0.1:{ports[1]}\n",
+        tmp_path,
+    )
+    set_config(
+        ns0,
+        two,
+        f"[Interface]\nPrivateKey = {keys2.private}\nListenPort = {ports[1]}\n\n"
+        f"[Peer]\nPublicKey = {keys1.public}\nAllowedIPs = {subnet}.1/32\n"
+        f"Endpoint = 127.0.0.1:{ports[0]}\n",
+        tmp_path,
+    )
+    for name, ns, address in ((one, ns1, f"{subnet}.1/24"), (two, ns2, f"{subnet}.2/24")):
+        ns.ip("address", "add", address, "dev", name)
+        ns.ip("link", "set", name, "up")
+    return MovedPair(ns0, ns1, ns2, one, two, keys1.public, keys2.public)
 
 
 # --- the contract ---------------------------------------------------------------------------------
@@ -210,19 +189,17 @@ def test_returns_once_device_and_socket_exist(topo: Topology, daemons: Daemons) 
 def test_configured_through_wg(topo: Topology, daemons: Daemons, tmp_path: Path) -> None:
     ns = topo.namespace()
     name = fresh_name("w")
-    assert minivpnd(ns, name).returncode == 0
-    daemons.find(name)
-    private, public = key_pair(ns)
-    _, peer_public = key_pair(ns)
+    start_minivpnd(ns, name, daemons)
+    keys, peer_public = genkey(), genkey().public
     set_config(
         ns,
         name,
-        f"[Interface]\nPrivateKey = {private}\nListenPort = 51990\n\n"
+        f"[Interface]\nPrivateKey = {keys.private}\nListenPort = 51990\n\n"
         f"[Peer]\nPublicKey = {peer_public}\nAllowedIPs = 10.91.0.2/32, fd00:91::/64\n"
         "Endpoint = 127.0.0.1:51991\nPersistentKeepalive = 25\n",
         tmp_path,
     )
-    assert wg(ns, "show", name, "public-key").strip() == public
+    assert wg(ns, "show", name, "public-key").strip() == keys.public
     assert wg(ns, "show", name, "listen-port").strip() == "51990"
     assert wg(ns, "show", name, "allowed-ips").split() == [
         peer_public,
@@ -245,38 +222,18 @@ def test_keeps_working_after_the_device_moves_to_another_namespace(
 ) -> None:
     """wireguard-go's tests/netns.sh setup: daemons in ns0 (UDP over its loopback), the two
     TUN devices moved into ns1 and ns2, configured through the sockets, then pinged."""
-    ns0, ns1, ns2 = topo.namespace("z"), topo.namespace("o"), topo.namespace("t")
-    one, two = fresh_name("a"), fresh_name("b")
-    for name, ns in ((one, ns1), (two, ns2)):
-        assert minivpnd(ns0, name).returncode == 0
-        daemons.find(name)
-        ns0.ip("link", "set", name, "netns", ns.name)
+    pair = moved_pair(
+        topo, daemons, tmp_path, tags=("a", "b"), subnet="10.92.0", ports=(52001, 52002)
+    )
+    ns0, ns1, ns2 = pair.ns0, pair.ns1, pair.ns2
+    for name in (pair.one, pair.two):
         assert link(ns0, name) is None
-    private1, public1 = key_pair(ns0)
-    private2, public2 = key_pair(ns0)
-    set_config(
-        ns0,
-        one,
-        f"[Interface]\nPrivateKey = {private1}\nListenPort = 52001\n\n"
-        f"[Peer]\nPublicKey = {public2}\nAllowedIPs = 10.92.0.2/32\nEndpoint = 127.0.0.1:52002\n",
-        tmp_path,
-    )
-    set_config(
-        ns0,
-        two,
-        f"[Interface]\nPrivateKey = {private2}\nListenPort = 52002\n\n"
-        f"[Peer]\nPublicKey = {public1}\nAllowedIPs = 10.92.0.1/32\nEndpoint = 127.0.0.1:52001\n",
-        tmp_path,
-    )
-    for name, ns, address in ((one, ns1, "10.92.0.1/24"), (two, ns2, "10.92.0.2/24")):
-        ns.ip("address", "add", address, "dev", name)
-        ns.ip("link", "set", name, "up")
     wait_for_ping(ns1, "10.92.0.2", timeout=20)
     wait_for_ping(ns2, "10.92.0.1", timeout=20)
-    handshakes = wg(ns0, "show", one, "latest-handshakes").split()
-    assert handshakes[0] == public2
+    handshakes = wg(ns0, "show", pair.one, "latest-handshakes").split()
+    assert handshakes[0] == pair.public2
     assert int(handshakes[1]) > 0
-    transfer = wg(ns0, "show", two, "transfer").split()
+    transfer = wg(ns0, "show", pair.two, "transfer").split()
     assert int(transfer[1]) > 0
     assert int(transfer[2]) > 0
 
@@ -285,31 +242,10 @@ def test_follows_link_down_and_up_after_a_move(
     topo: Topology, daemons: Daemons, tmp_path: Path
 ) -> None:
     """Down, the link drops the peer's packets; up again, traffic flows again."""
-    ns0, ns1, ns2 = topo.namespace("z"), topo.namespace("o"), topo.namespace("t")
-    one, two = fresh_name("c"), fresh_name("e")
-    for name, ns in ((one, ns1), (two, ns2)):
-        assert minivpnd(ns0, name).returncode == 0
-        daemons.find(name)
-        ns0.ip("link", "set", name, "netns", ns.name)
-    private1, public1 = key_pair(ns0)
-    private2, public2 = key_pair(ns0)
-    set_config(
-        ns0,
-        one,
-        f"[Interface]\nPrivateKey = {private1}\nListenPort = 52011\n\n"
-        f"[Peer]\nPublicKey = {public2}\nAllowedIPs = 10.93.0.2/32\nEndpoint = 127.0.0.1:52012\n",
-        tmp_path,
+    pair = moved_pair(
+        topo, daemons, tmp_path, tags=("c", "e"), subnet="10.93.0", ports=(52011, 52012)
     )
-    set_config(
-        ns0,
-        two,
-        f"[Interface]\nPrivateKey = {private2}\nListenPort = 52012\n\n"
-        f"[Peer]\nPublicKey = {public1}\nAllowedIPs = 10.93.0.1/32\nEndpoint = 127.0.0.1:52011\n",
-        tmp_path,
-    )
-    for name, ns, address in ((one, ns1, "10.93.0.1/24"), (two, ns2, "10.93.0.2/24")):
-        ns.ip("address", "add", address, "dev", name)
-        ns.ip("link", "set", name, "up")
+    ns1, ns2, two = pair.ns1, pair.ns2, pair.two
     wait_for_ping(ns1, "10.93.0.2", timeout=20)
     ns2.ip("link", "set", two, "down")
     assert ping(ns1, "10.93.0.2", count=3).returncode != 0
@@ -320,8 +256,7 @@ def test_follows_link_down_and_up_after_a_move(
 def test_exits_when_the_device_is_deleted(topo: Topology, daemons: Daemons) -> None:
     ns0, ns1 = topo.namespace("z"), topo.namespace("o")
     name = fresh_name("x")
-    assert minivpnd(ns0, name).returncode == 0
-    pid = daemons.find(name)
+    pid = start_minivpnd(ns0, name, daemons)
     ns0.ip("link", "set", name, "netns", ns1.name)  # deleted in another namespace, even
     ns1.ip("link", "del", name)
     daemons.wait_gone(pid)
@@ -331,8 +266,7 @@ def test_exits_when_the_device_is_deleted(topo: Topology, daemons: Daemons) -> N
 def test_exits_when_the_socket_file_is_removed(topo: Topology, daemons: Daemons) -> None:
     ns = topo.namespace()
     name = fresh_name("r")
-    assert minivpnd(ns, name).returncode == 0
-    pid = daemons.find(name)
+    pid = start_minivpnd(ns, name, daemons)
     (SOCKET_DIR / f"{name}.sock").unlink()
     daemons.wait_gone(pid)
     assert link(ns, name) is None
@@ -344,8 +278,7 @@ def test_exits_on_signal_and_cleans_up(
 ) -> None:
     ns = topo.namespace()
     name = fresh_name("s")
-    assert minivpnd(ns, name).returncode == 0
-    pid = daemons.find(name)
+    pid = start_minivpnd(ns, name, daemons)
     os.kill(pid, signum)
     daemons.wait_gone(pid)
     assert link(ns, name) is None
@@ -401,8 +334,7 @@ def test_log_level_keeps_the_daemons_output(topo: Topology, daemons: Daemons) ->
 def test_already_running(topo: Topology, daemons: Daemons) -> None:
     ns0, ns1 = topo.namespace("z"), topo.namespace("o")
     name = fresh_name("u")
-    assert minivpnd(ns0, name).returncode == 0
-    pid = daemons.find(name)
+    pid = start_minivpnd(ns0, name, daemons)
     # Moved away, the name is free in ns0 again; the socket is not.
     ns0.ip("link", "set", name, "netns", ns1.name)
     second = minivpnd(ns0, name)
@@ -444,8 +376,7 @@ def test_stale_socket_is_replaced(topo: Topology, daemons: Daemons) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
         dead.bind(str(path))  # bound, never listening, then closed: what a killed daemon leaves
     old_inode = path.lstat().st_ino
-    assert minivpnd(ns, name).returncode == 0
-    daemons.find(name)
+    start_minivpnd(ns, name, daemons)
     assert path.lstat().st_ino != old_inode
     assert wg(ns, "show", name, "listen-port").strip().isdigit()
 
@@ -498,8 +429,7 @@ def test_wg_quick_runs_minivpnd(topo: Topology, daemons: Daemons, tmp_path: Path
     launcher = tmp_path / "minivpnd"
     launcher.write_text(f'#!/bin/sh\nexec {" ".join(MINIVPND)} "$@"\n')
     launcher.chmod(0o755)
-    private, _ = key_pair(ns)
-    _, peer_public = key_pair(ns)
+    private, peer_public = genkey().private, genkey().public
     config = tmp_path / f"{name}.conf"
     config.write_text(
         f"[Interface]\nPrivateKey = {private}\nListenPort = 52021\n"

@@ -7,127 +7,54 @@ its MTU, addresses and routes, ``wg`` for the WireGuard side, ``ls`` for the soc
 
 ``minivpn up`` forks a daemon that is not a child of the test; it is found through its UAPI
 socket (the kernel tells a client the listening process's PID, ``SO_PEERCRED``) and stopped by
-PID at the end of every test, before the namespaces are deleted.
+PID at the end of every test, before the namespaces are deleted (the ``daemons`` and ``topo``
+fixtures of :mod:`tests.helpers.daemons`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import json
 import os
 import shutil
 import signal
 import socket
 import stat
-import struct
-import subprocess
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.helpers.daemons import (  # the fixtures are imported for pytest to find them
+    fixture_daemons,  # noqa: F401
+    fixture_topo,  # noqa: F401
+    interface_name,
+    link,
+    process_alive,
+    socket_owner,
+    wg,
+)
 from tests.helpers.procs import (
     MINIVPN,
     assert_clean_failure,
     start,
     wait_for_ping,
-    wait_until,
 )
-
-from netns import Topology
+from tests.helpers.wg import SOCKET_DIR, genkey
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import subprocess
 
-    from netns import Namespace
+    from tests.helpers.daemons import Daemons
+
+    from netns import Namespace, Topology
 
 pytestmark = pytest.mark.skipif(shutil.which("wg") is None, reason="needs wg (wireguard-tools)")
-
-SOCKET_DIR = Path("/var/run/wireguard")
-
-_names = itertools.count()
 
 
 def fresh_name(tag: str = "u") -> str:
     """An interface name no other test uses (the socket directory is shared)."""
-    return f"mvu{tag}{os.getpid() % 1000}{next(_names)}"
-
-
-# --- the daemons ----------------------------------------------------------------------------------
-
-
-def process_alive(pid: int) -> bool:
-    """Whether *pid* runs (a zombie counts as gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return fields[0] not in ("Z", "X")
-
-
-def socket_owner(path: Path) -> int | None:
-    """The PID of the process listening on UNIX socket *path* (SO_PEERCRED), or None."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-        client.settimeout(5)
-        try:
-            client.connect(str(path))
-        except OSError:
-            return None
-        credentials = client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    pid, _, _ = struct.unpack("3i", credentials)
-    return int(pid)
-
-
-class Daemons:
-    """PIDs of the interface processes a test started, stopped at the end."""
-
-    def __init__(self) -> None:
-        self.pids: list[int] = []
-
-    def find(self, name: str) -> int:
-        path = SOCKET_DIR / f"{name}.sock"
-
-        def live_owner() -> int | None:
-            pid = socket_owner(path)
-            return pid if pid is not None and process_alive(pid) else None
-
-        pid = wait_until(live_owner, timeout=10, what=f"a live process serving {path}")
-        self.pids.append(pid)
-        return pid
-
-    def stop_all(self) -> None:
-        for pid in self.pids:
-            if process_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for pid in self.pids:
-            while process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if process_alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def daemons() -> Iterator[Daemons]:
-    found = Daemons()
-    try:
-        yield found
-    finally:
-        found.stop_all()
-
-
-@pytest.fixture
-def topo(daemons: Daemons) -> Iterator[Topology]:
-    """A topology whose daemons are stopped before its namespaces are deleted."""
-    with Topology() as topology:
-        try:
-            yield topology
-        finally:
-            daemons.stop_all()
+    return interface_name("mvu", tag)
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -138,39 +65,85 @@ def minivpn(ns: Namespace, *args: str) -> subprocess.CompletedProcess[str]:
     return ns.run([*MINIVPN, *args], check=False, timeout=60)
 
 
+def bring_up(
+    ns: Namespace, config: Path, name: str, daemons: Daemons
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """``minivpn up CONFIG`` in *ns*, which must succeed and leave interface *name* running.
+
+    Returns:
+        The finished command, and the PID of the daemon serving *name* (remembered by
+        *daemons*, to be stopped).
+    """
+    up = minivpn(ns, "up", str(config))
+    assert up.returncode == 0, up.stderr
+    return up, daemons.find(name)
+
+
 def take_down(ns: Namespace, argument: str) -> None:
     """``minivpn down ARGUMENT`` in *ns*, which must succeed."""
     result = minivpn(ns, "down", argument)
     assert result.returncode == 0, result.stderr
 
 
-def key_pair() -> tuple[str, str]:
-    private = subprocess.run(
-        ["wg", "genkey"], capture_output=True, text=True, check=True, timeout=30
-    ).stdout.strip()
-    public = subprocess.run(
-        ["wg", "pubkey"], input=private, capture_output=True, text=True, check=True, timeout=30
-    ).stdout.strip()
-    return private, public
-
-
 def write_config(directory: Path, name: str, text: str, mode: int = 0o600) -> Path:
+    """Write *text* to ``DIRECTORY/NAME.conf`` with *mode*; return the path."""
     path = directory / f"{name}.conf"
     path.write_text(text)
     path.chmod(mode)
     return path
 
 
-def link(ns: Namespace, name: str) -> dict[str, object] | None:
-    """``ip -j link show NAME`` in *ns*, or None if there is no such link."""
-    result = ns.ip("-j", "link", "show", name, check=False)
-    if result.returncode != 0:
-        return None
-    found: list[dict[str, object]] = json.loads(result.stdout)
-    return found[0]
+@dataclass(frozen=True)
+class BasicConfig:
+    """A file written by :func:`write_basic_config`, and the public keys in it.
+
+    Attributes:
+        path: the file.
+        public: the interface's public key.
+        peer_public: its peer's.
+    """
+
+    path: Path
+    public: str
+    peer_public: str
+
+
+def write_basic_config(
+    directory: Path,
+    name: str,
+    *,
+    port: int,
+    extra_interface: str = "",
+    allowed_ips: str = "10.61.0.2/32, 10.62.0.0/16, fd00:62::/48",
+    endpoint: str = "127.0.0.1:9",
+    mode: int = 0o600,
+) -> BasicConfig:
+    """Write ``DIRECTORY/NAME.conf``: an interface with one peer, each with a new key.
+
+    Args:
+        directory, name: where the file goes (``minivpn up`` names the interface after it).
+        port: the interface's ListenPort; its addresses are 10.61.0.1/24 and fd00:61::1/64.
+        extra_interface: more lines for the ``[Interface]`` section, each ending in ``\\n``.
+        allowed_ips, endpoint: the peer's AllowedIPs and Endpoint.
+        mode: the file's permissions.
+    """
+    keys, peer = genkey(), genkey()
+    text = (
+        "[Interface]\n"
+        f"PrivateKey = {keys.private}\n"
+        f"ListenPort = {port}\n"
+        "Address = 10.61.0.1/24, fd00:61::1/64\n"
+        f"{extra_interface}"
+        "\n[Peer]\n"
+        f"PublicKey = {peer.public}\n"
+        f"AllowedIPs = {allowed_ips}\n"
+        f"Endpoint = {endpoint}\n"
+    )
+    return BasicConfig(write_config(directory, name, text, mode), keys.public, peer.public)
 
 
 def addresses(ns: Namespace, name: str) -> set[str]:
+    """The global addresses of link *name* in *ns*, as ``ADDRESS/PREFIXLEN``."""
     found: list[dict[str, object]] = json.loads(ns.ip("-j", "address", "show", name).stdout)
     infos = found[0]["addr_info"]
     assert isinstance(infos, list)
@@ -191,11 +164,8 @@ def routes(ns: Namespace, *selector: str) -> set[str]:
     return found
 
 
-def wg(ns: Namespace, *args: str) -> str:
-    return ns.run(["wg", *args], timeout=30).stdout
-
-
 def assert_nothing_left(ns: Namespace, name: str) -> None:
+    """No device *name* in *ns*, no socket, and no route to the tests' inner addresses."""
     assert link(ns, name) is None, f"device {name} is still there"
     assert not (SOCKET_DIR / f"{name}.sock").exists(), "the socket file is still there"
     leftovers = {
@@ -206,28 +176,6 @@ def assert_nothing_left(ns: Namespace, name: str) -> None:
     assert not leftovers, f"routes left behind: {leftovers}"
 
 
-def basic_config(
-    *,
-    private: str,
-    peer_public: str,
-    port: int,
-    extra_interface: str = "",
-    allowed_ips: str = "10.61.0.2/32, 10.62.0.0/16, fd00:62::/48",
-    endpoint: str = "127.0.0.1:9",
-) -> str:
-    return (
-        "[Interface]\n"
-        f"PrivateKey = {private}\n"
-        f"ListenPort = {port}\n"
-        "Address = 10.61.0.1/24, fd00:61::1/64\n"
-        f"{extra_interface}"
-        "\n[Peer]\n"
-        f"PublicKey = {peer_public}\n"
-        f"AllowedIPs = {allowed_ips}\n"
-        f"Endpoint = {endpoint}\n"
-    )
-
-
 # --- up and down ----------------------------------------------------------------------------------
 
 
@@ -236,20 +184,10 @@ def test_up_sets_everything_and_down_removes_it(
 ) -> None:
     ns = topo.namespace()
     name = fresh_name()
-    private, public = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path,
-        name,
-        basic_config(
-            private=private, peer_public=peer_public, port=52101, extra_interface="MTU = 1380\n"
-        ),
-    )
-    up = minivpn(ns, "up", str(config))
-    assert up.returncode == 0, up.stderr
+    written = write_basic_config(tmp_path, name, port=52101, extra_interface="MTU = 1380\n")
+    up, pid = bring_up(ns, written.path, name, daemons)
     assert f"{name} is up: UDP port 52101" in up.stderr
     assert "Traceback" not in up.stderr
-    pid = daemons.find(name)
     assert os.getsid(pid) == pid  # a daemon, in a session of its own
 
     found = link(ns, name)
@@ -265,15 +203,15 @@ def test_up_sets_everything_and_down_removes_it(
     assert stat.S_ISSOCK(mode)
     assert stat.S_IMODE(mode) == 0o600
 
-    assert wg(ns, "show", name, "public-key").strip() == public
+    assert wg(ns, "show", name, "public-key").strip() == written.public
     assert wg(ns, "show", name, "listen-port").strip() == "52101"
     assert wg(ns, "show", name, "allowed-ips").split() == [
-        peer_public,
+        written.peer_public,
         "10.61.0.2/32",
         "10.62.0.0/16",
         "fd00:62::/48",
     ]
-    assert wg(ns, "show", name, "endpoints").split() == [peer_public, "127.0.0.1:9"]
+    assert wg(ns, "show", name, "endpoints").split() == [written.peer_public, "127.0.0.1:9"]
 
     down = minivpn(ns, "down", name)
     assert down.returncode == 0, down.stderr
@@ -289,33 +227,31 @@ def test_two_interfaces_talk(topo: Topology, daemons: Daemons, tmp_path: Path) -
     """Two ``minivpn up`` interfaces in two namespaces joined by veth: ping through the tunnel."""
     a, b = topo.pair()
     name_a, name_b = fresh_name("a"), fresh_name("b")
-    private_a, public_a = key_pair()
-    private_b, public_b = key_pair()
+    keys_a, keys_b = genkey(), genkey()
     config_a = write_config(
         tmp_path,
         name_a,
-        f"[Interface]\nPrivateKey = {private_a}\nListenPort = 52111\n"
+        f"[Interface]\nPrivateKey = {keys_a.private}\nListenPort = 52111\n"
         "Address = 10.63.0.1/24, fd00:63::1/64\n\n"
-        f"[Peer]\nPublicKey = {public_b}\nAllowedIPs = 10.63.0.2/32, fd00:63::2/128, 10.64.0.0/24\n"
+        f"[Peer]\nPublicKey = {keys_b.public}\n"
+        "AllowedIPs = 10.63.0.2/32, fd00:63::2/128, 10.64.0.0/24\n"
         f"Endpoint = {b.addr4}:52112\n",
     )
     config_b = write_config(
         tmp_path,
         name_b,
-        f"[Interface]\nPrivateKey = {private_b}\nListenPort = 52112\n"
+        f"[Interface]\nPrivateKey = {keys_b.private}\nListenPort = 52112\n"
         "Address = 10.63.0.2/24, fd00:63::2/64, 10.64.0.1/24\n\n"
-        f"[Peer]\nPublicKey = {public_a}\nAllowedIPs = 10.63.0.1/32, fd00:63::1/128\n"
+        f"[Peer]\nPublicKey = {keys_a.public}\nAllowedIPs = 10.63.0.1/32, fd00:63::1/128\n"
         f"Endpoint = [{a.addr6}]:52111\n",
     )
     for ns, config, name in ((a, config_a, name_a), (b, config_b, name_b)):
-        up = minivpn(ns, "up", str(config))
-        assert up.returncode == 0, up.stderr
-        daemons.find(name)
+        bring_up(ns, config, name, daemons)
     wait_for_ping(a, "10.63.0.2", timeout=20)
     wait_for_ping(b, "fd00:63::1", timeout=20)
     wait_for_ping(a, "10.64.0.1", timeout=20)  # through the route for AllowedIPs 10.64.0.0/24
     handshake = wg(a, "show", name_a, "latest-handshakes").split()
-    assert handshake[0] == public_b
+    assert handshake[0] == keys_b.public
     assert int(handshake[1]) > 0
     for ns, name in ((a, name_a), (b, name_b)):
         take_down(ns, name)
@@ -325,13 +261,8 @@ def test_two_interfaces_talk(topo: Topology, daemons: Daemons, tmp_path: Path) -
 def test_down_accepts_the_config_file(topo: Topology, daemons: Daemons, tmp_path: Path) -> None:
     ns = topo.namespace()
     name = fresh_name("c")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path, name, basic_config(private=private, peer_public=peer_public, port=52121)
-    )
-    assert minivpn(ns, "up", str(config)).returncode == 0
-    pid = daemons.find(name)
+    config = write_basic_config(tmp_path, name, port=52121).path
+    _, pid = bring_up(ns, config, name, daemons)
     take_down(ns, str(config))
     assert not process_alive(pid)
     assert_nothing_left(ns, name)
@@ -343,11 +274,7 @@ def test_foreground_stops_cleanly_on_signal(
 ) -> None:
     ns = topo.namespace()
     name = fresh_name("f")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path, name, basic_config(private=private, peer_public=peer_public, port=52131)
-    )
+    config = write_basic_config(tmp_path, name, port=52131).path
     process = start(ns, [*MINIVPN, "up", "--foreground", str(config)], tmp_path, "up")
     process.wait_for(f"{name} is up")
     assert socket_owner(SOCKET_DIR / f"{name}.sock") == process.pid
@@ -360,22 +287,10 @@ def test_foreground_stops_cleanly_on_signal(
 def test_table_off_adds_no_routes(topo: Topology, daemons: Daemons, tmp_path: Path) -> None:
     ns = topo.namespace()
     name = fresh_name("o")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path,
-        name,
-        basic_config(
-            private=private,
-            peer_public=peer_public,
-            port=52141,
-            extra_interface="Table = off\n",
-            allowed_ips="0.0.0.0/0, ::/0",
-        ),
-    )
-    up = minivpn(ns, "up", str(config))
-    assert up.returncode == 0, up.stderr
-    daemons.find(name)
+    config = write_basic_config(
+        tmp_path, name, port=52141, extra_interface="Table = off\n", allowed_ips="0.0.0.0/0, ::/0"
+    ).path
+    bring_up(ns, config, name, daemons)
     assert routes(ns, "table", "all", "dev", name, "proto", "static") == set()
     assert wg(ns, "show", name, "allowed-ips").split()[1:] == ["0.0.0.0/0", "::/0"]
     take_down(ns, name)
@@ -385,22 +300,14 @@ def test_table_off_adds_no_routes(topo: Topology, daemons: Daemons, tmp_path: Pa
 def test_table_number_puts_routes_there(topo: Topology, daemons: Daemons, tmp_path: Path) -> None:
     ns = topo.namespace()
     name = fresh_name("n")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
+    config = write_basic_config(
         tmp_path,
         name,
-        basic_config(
-            private=private,
-            peer_public=peer_public,
-            port=52151,
-            extra_interface="Table = 1234\n",
-            allowed_ips="10.71.0.0/16, 0.0.0.0/0",
-        ),
-    )
-    up = minivpn(ns, "up", str(config))
-    assert up.returncode == 0, up.stderr
-    daemons.find(name)
+        port=52151,
+        extra_interface="Table = 1234\n",
+        allowed_ips="10.71.0.0/16, 0.0.0.0/0",
+    ).path
+    bring_up(ns, config, name, daemons)
     assert routes(ns, "table", "1234") == {"10.71.0.0/16", "default"}
     assert routes(ns, "dev", name, "proto", "static") == set()  # nothing in the main table
     take_down(ns, name)
@@ -411,18 +318,8 @@ def test_table_number_puts_routes_there(topo: Topology, daemons: Daemons, tmp_pa
 def test_host_name_endpoint_is_resolved(topo: Topology, daemons: Daemons, tmp_path: Path) -> None:
     ns = topo.namespace()
     name = fresh_name("h")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path,
-        name,
-        basic_config(
-            private=private, peer_public=peer_public, port=52161, endpoint="localhost:52162"
-        ),
-    )
-    up = minivpn(ns, "up", str(config))
-    assert up.returncode == 0, up.stderr
-    daemons.find(name)
+    config = write_basic_config(tmp_path, name, port=52161, endpoint="localhost:52162").path
+    bring_up(ns, config, name, daemons)
     endpoint = wg(ns, "show", name, "endpoints").split()[1]
     assert endpoint in ("127.0.0.1:52162", "[::1]:52162")
     take_down(ns, name)
@@ -433,26 +330,18 @@ def test_ignored_keys_are_named_and_not_acted_upon(
 ) -> None:
     ns = topo.namespace()
     name = fresh_name("i")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
     marker = tmp_path / "hook-ran"
-    config = write_config(
+    config = write_basic_config(
         tmp_path,
         name,
-        basic_config(
-            private=private,
-            peer_public=peer_public,
-            port=52171,
-            extra_interface=f"DNS = 10.61.0.53, example.test\nPostUp = touch {marker}\n"
-            f"PreUp = touch {marker}\n",
-        ),
+        port=52171,
+        extra_interface=f"DNS = 10.61.0.53, example.test\nPostUp = touch {marker}\n"
+        f"PreUp = touch {marker}\n",
         mode=0o644,
-    )
+    ).path
     resolv = Path("/etc/resolv.conf")
     resolv_before = resolv.read_bytes() if resolv.exists() else None
-    up = minivpn(ns, "up", str(config))
-    assert up.returncode == 0, up.stderr
-    daemons.find(name)
+    up, _ = bring_up(ns, config, name, daemons)
     lines = up.stderr.splitlines()
     assert lines[0] == (
         f"minivpn: {config}: holds a secret key but is accessible by group or others "
@@ -470,7 +359,7 @@ def test_ignored_keys_are_named_and_not_acted_upon(
 def test_config_error_names_file_and_line(topo: Topology, tmp_path: Path) -> None:
     ns = topo.namespace()
     name = fresh_name("e")
-    private, _ = key_pair()
+    private = genkey().private
     config = write_config(
         tmp_path,
         name,
@@ -492,13 +381,7 @@ def test_missing_file(topo: Topology, tmp_path: Path) -> None:
 def test_default_route_without_policy_routing_is_refused(topo: Topology, tmp_path: Path) -> None:
     ns = topo.namespace()
     name = fresh_name("z")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path,
-        name,
-        basic_config(private=private, peer_public=peer_public, port=52191, allowed_ips="0.0.0.0/0"),
-    )
+    config = write_basic_config(tmp_path, name, port=52191, allowed_ips="0.0.0.0/0").path
     line = assert_clean_failure(minivpn(ns, "up", str(config)))
     assert "0.0.0.0/0" in line
     assert "Table = off" in line
@@ -509,11 +392,7 @@ def test_device_name_in_use(topo: Topology, tmp_path: Path) -> None:
     ns = topo.namespace()
     name = fresh_name("d")
     ns.ip("link", "add", name, "type", "veth", "peer", "name", f"{name}p")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path, name, basic_config(private=private, peer_public=peer_public, port=52201)
-    )
+    config = write_basic_config(tmp_path, name, port=52201).path
     line = assert_clean_failure(minivpn(ns, "up", str(config)))
     assert line == f"minivpn: cannot create {name}: a network device with that name already exists"
     assert not (SOCKET_DIR / f"{name}.sock").exists()
@@ -524,11 +403,7 @@ def test_device_name_in_use(topo: Topology, tmp_path: Path) -> None:
 def test_port_in_use(topo: Topology, tmp_path: Path) -> None:
     ns = topo.namespace()
     name = fresh_name("p")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path, name, basic_config(private=private, peer_public=peer_public, port=52211)
-    )
+    config = write_basic_config(tmp_path, name, port=52211).path
     holder = start(
         ns,
         [
@@ -556,13 +431,8 @@ def test_port_in_use(topo: Topology, tmp_path: Path) -> None:
 def test_already_running(topo: Topology, daemons: Daemons, tmp_path: Path) -> None:
     ns = topo.namespace()
     name = fresh_name("r")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path, name, basic_config(private=private, peer_public=peer_public, port=52221)
-    )
-    assert minivpn(ns, "up", str(config)).returncode == 0
-    pid = daemons.find(name)
+    config = write_basic_config(tmp_path, name, port=52221).path
+    _, pid = bring_up(ns, config, name, daemons)
     line = assert_clean_failure(minivpn(ns, "up", str(config)))
     assert line == (
         f"minivpn: interface {name} is already running "
@@ -581,14 +451,8 @@ def test_stale_socket_is_replaced(topo: Topology, daemons: Daemons, tmp_path: Pa
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
         dead.bind(str(path))  # what a killed daemon leaves: a socket file nobody listens on
     old_inode = path.lstat().st_ino
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path, name, basic_config(private=private, peer_public=peer_public, port=52231)
-    )
-    up = minivpn(ns, "up", str(config))
-    assert up.returncode == 0, up.stderr
-    daemons.find(name)
+    config = write_basic_config(tmp_path, name, port=52231).path
+    bring_up(ns, config, name, daemons)
     assert path.lstat().st_ino != old_inode
     assert wg(ns, "show", name, "listen-port").strip() == "52231"
     take_down(ns, name)
@@ -598,18 +462,11 @@ def test_stale_socket_is_replaced(topo: Topology, daemons: Daemons, tmp_path: Pa
 def test_unresolvable_endpoint(topo: Topology, tmp_path: Path) -> None:
     ns = topo.namespace()
     name = fresh_name("x")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path,
-        name,
-        basic_config(
-            private=private, peer_public=peer_public, port=52241, endpoint="nosuchhost.invalid:1"
-        ),
-    )
+    written = write_basic_config(tmp_path, name, port=52241, endpoint="nosuchhost.invalid:1")
+    config = written.path
     line = assert_clean_failure(minivpn(ns, "up", str(config)))
     assert line.startswith(f"minivpn: {config}: cannot resolve 'nosuchhost.invalid'")
-    assert peer_public in line
+    assert written.peer_public in line
     assert_nothing_left(ns, name)
 
 
@@ -647,13 +504,8 @@ def test_down_waits_for_a_device_in_another_namespace(
     """The socket is the handle: down works even when the device was moved away."""
     ns0, ns1 = topo.namespace("z"), topo.namespace("o")
     name = fresh_name("m")
-    private, _ = key_pair()
-    _, peer_public = key_pair()
-    config = write_config(
-        tmp_path, name, basic_config(private=private, peer_public=peer_public, port=52251)
-    )
-    assert minivpn(ns0, "up", str(config)).returncode == 0
-    pid = daemons.find(name)
+    config = write_basic_config(tmp_path, name, port=52251).path
+    _, pid = bring_up(ns0, config, name, daemons)
     ns0.ip("link", "set", name, "netns", ns1.name)
     down = minivpn(ns0, "down", name)
     assert (down.returncode, down.stderr) == (0, f"minivpn: {name} is down\n")
