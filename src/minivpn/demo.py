@@ -200,9 +200,20 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
 
     mount_target = _check_prerequisites()
     teardown = _Teardown()
-    with _stop_signals_interrupt():
+    with _stop_signals_interrupt() as signalled:
+
+        def say_between_steps(text: str = "") -> None:
+            # A signal's KeyboardInterrupt can be lost: if it is raised while Python runs an
+            # at-fork callback (pyroute2 and subprocess fork), Python prints it and goes on.
+            # The flag stays set, so the next line the steps print raises it again.
+            if signalled():
+                raise KeyboardInterrupt
+            say(text)
+
         try:
-            _run_steps(options, say, teardown, mount_target)
+            _run_steps(options, say_between_steps, teardown, mount_target)
+            if signalled():
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             say("\nInterrupted.")
             raise
@@ -213,11 +224,12 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
 
 
 @contextlib.contextmanager
-def _stop_signals_interrupt() -> Iterator[None]:
+def _stop_signals_interrupt() -> Iterator[Callable[[], bool]]:
     """Inside the block, SIGINT, SIGTERM and SIGHUP stop the demo with a full teardown.
 
     The first of them raises KeyboardInterrupt; later ones are ignored, so that pressing Ctrl-C
-    again cannot break off the teardown that the first one started.
+    again cannot break off the teardown that the first one started.  The block gets a function
+    that tells whether one has arrived (its KeyboardInterrupt may have been swallowed).
 
     Only in this process.  pyroute2 forks to reach into a namespace, and a fork of the demo that
     has not called exec runs the demo's Python code: if a signal raised KeyboardInterrupt there,
@@ -242,7 +254,7 @@ def _stop_signals_interrupt() -> Iterator[None]:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # e.g. nohup: leave it ignored
             previous[signum] = signal.signal(signum, interrupt)
     try:
-        yield
+        yield lambda: interrupted
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
