@@ -11,6 +11,7 @@ The runtime decides *when* things happen and moves bytes; the core decides *what
         │   ├── network_to_device[IPv4]   socket readable -> drain: recvmsg (UDP GRO: many
         │   └── network_to_device[IPv6]   datagrams at once) -> core.decrypt_batch_into ->
         │                                 coalesce TCP segments -> writev to the TUN (vnet GRO)
+        │                                 -> drain the TUN like device_to_network (answers)
         ├── timers                sleep until core.next_deadline() -> core.handle_timer(now)
         ├── serve_uapi            `wg` talks to /var/run/wireguard/NAME.sock
         ├── watch_socket_path     the socket file removed -> the interface stops
@@ -33,6 +34,9 @@ Fast paths (measured; see docs/performance.md):
   wake-up are coalesced and written together, so TCP runs can span several receives.
 * A lone packet is never held back: a run is sent as soon as a read finds the TUN empty, and
   packets are written as soon as the socket is empty.
+* What the kernel answers to a packet we write (a ping reply, TCP's ACKs) is already in the TUN
+  when the write returns: the receive task sends it in the same turn (:class:`_Outbound` is
+  shared), one pass through trio's scheduler less per answer.
 """
 
 from __future__ import annotations
