@@ -218,7 +218,7 @@ def iperf(
         _wait_for(lambda: _port_open(b, 5201), timeout=10)
         client = a.popen(["iperf3", "-c", dst, "-t", str(duration), "-P", str(streams), "-J"])
         time.sleep(1.0)
-        probes = int((duration - 1.5) / 0.05)
+        probes = max(1, int((duration - 1.5) / 0.05))
         pinged = a.run(["ping", "-n", "-c", str(probes), "-i", "0.05", "-W", "1", dst], check=False)
         stdout, _ = client.communicate(timeout=duration + 30)
         rtts = [float(t) for t in re.findall(r"time=([\d.]+) ms", pinged.stdout)]
