@@ -32,7 +32,8 @@ from tests.helpers.procs import (
     wait_until,
 )
 
-from minivpn.framing import Link, pcap_record
+from minivpn.framing.decode import Link
+from minivpn.framing.pcap import pcap_record
 from minivpn.runtime.dump import format_line
 from netns import Namespace, Topology
 

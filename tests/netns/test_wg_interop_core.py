@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import attrs
 import pytest
 
-from minivpn.framing import Link, answer_untrusted, internet_checksum
+from minivpn.framing.decode import Link
+from minivpn.framing.responder import answer_untrusted, internet_checksum
 from minivpn.wireguard.core import WireGuardCore
 from minivpn.wireguard.events import (
     Action,

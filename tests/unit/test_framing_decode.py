@@ -43,9 +43,8 @@ from test_framing_packets import (
     write_reference_pcap,
 )
 
-from minivpn.framing import (
+from minivpn.framing.decode import (
     Link,
-    MalformedPacket,
     decode_arp_untrusted,
     decode_ethernet_untrusted,
     decode_icmp_untrusted,
@@ -57,6 +56,7 @@ from minivpn.framing import (
     ip_source_untrusted,
     summarize,
 )
+from minivpn.framing.errors import MalformedPacket
 
 if TYPE_CHECKING:
     from collections.abc import Callable

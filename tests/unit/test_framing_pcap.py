@@ -24,10 +24,10 @@ from test_framing_packets import (
     tshark_fields,
 )
 
-from minivpn.framing import (
+from minivpn.framing.errors import MalformedPacket
+from minivpn.framing.pcap import (
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
-    MalformedPacket,
     pcap_global_header,
     pcap_record,
     read_pcap_untrusted,

@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_framing_packets import UDP_PACKET_V4, UDP_PACKET_V6
 
-from minivpn.framing import (
+from minivpn.framing.errors import MalformedPacket
+from minivpn.framing.pi import (
     PI_LENGTH,
     TUN_PKT_STRIP,
-    MalformedPacket,
     PacketInfo,
     build_pi,
     ethertype_for_ip_packet,

@@ -38,7 +38,8 @@ from test_framing_packets import (
     write_reference_pcap,
 )
 
-from minivpn.framing import Link, answer_untrusted, internet_checksum
+from minivpn.framing.decode import Link
+from minivpn.framing.responder import answer_untrusted, internet_checksum
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -9,14 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minivpn.framing import (
-    MAX_FRAME,
-    FrameDecoder,
-    FrameTooLarge,
-    FramingError,
-    MalformedPacket,
-    encode_frame,
-)
+from minivpn.framing.errors import FrameTooLarge, FramingError, MalformedPacket
+from minivpn.framing.stream import MAX_FRAME, FrameDecoder, encode_frame
 
 _packets = st.binary(min_size=1, max_size=2000)
 

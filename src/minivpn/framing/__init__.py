@@ -21,47 +21,9 @@ Modules:
   outside bytes (the ``*_untrusted`` functions) raise only :class:`MalformedPacket`.
 
 See docs/framing.md for the formats.
+
+Names are imported from the module that defines them (``from minivpn.framing.decode import
+summarize``); the package re-exports nothing, so that a program loads only the modules it
+uses: ``minivpnd`` needs one of them, and every module loaded stays resident
+(docs/performance.md, "Memory").
 """
-
-from __future__ import annotations
-
-from .decode import ARPPacket as ARPPacket
-from .decode import EthernetFrame as EthernetFrame
-from .decode import ExtensionHeader as ExtensionHeader
-from .decode import Fragment as Fragment
-from .decode import ICMPMessage as ICMPMessage
-from .decode import IPPacket as IPPacket
-from .decode import Link as Link
-from .decode import TCPSegment as TCPSegment
-from .decode import UDPDatagram as UDPDatagram
-from .decode import VlanTag as VlanTag
-from .decode import decode_arp_untrusted as decode_arp_untrusted
-from .decode import decode_ethernet_untrusted as decode_ethernet_untrusted
-from .decode import decode_icmp_untrusted as decode_icmp_untrusted
-from .decode import decode_ip_untrusted as decode_ip_untrusted
-from .decode import decode_tcp_untrusted as decode_tcp_untrusted
-from .decode import decode_udp_untrusted as decode_udp_untrusted
-from .decode import format_mac as format_mac
-from .decode import inner_ip_length_untrusted as inner_ip_length_untrusted
-from .decode import ip_destination_untrusted as ip_destination_untrusted
-from .decode import ip_source_untrusted as ip_source_untrusted
-from .decode import summarize as summarize
-from .errors import FrameTooLarge as FrameTooLarge
-from .errors import FramingError as FramingError
-from .errors import MalformedPacket as MalformedPacket
-from .pcap import LINKTYPE_ETHERNET as LINKTYPE_ETHERNET
-from .pcap import LINKTYPE_RAW as LINKTYPE_RAW
-from .pcap import pcap_global_header as pcap_global_header
-from .pcap import pcap_record as pcap_record
-from .pcap import read_pcap_untrusted as read_pcap_untrusted
-from .pi import PI_LENGTH as PI_LENGTH
-from .pi import TUN_PKT_STRIP as TUN_PKT_STRIP
-from .pi import PacketInfo as PacketInfo
-from .pi import build_pi as build_pi
-from .pi import ethertype_for_ip_packet as ethertype_for_ip_packet
-from .pi import parse_pi_untrusted as parse_pi_untrusted
-from .responder import answer_untrusted as answer_untrusted
-from .responder import internet_checksum as internet_checksum
-from .stream import MAX_FRAME as MAX_FRAME
-from .stream import FrameDecoder as FrameDecoder
-from .stream import encode_frame as encode_frame

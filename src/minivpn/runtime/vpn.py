@@ -45,6 +45,7 @@ import contextlib
 import errno
 import logging
 import math
+import mmap
 import os
 import signal
 import socket
@@ -477,10 +478,10 @@ class _Outbound:
 
     def __init__(self, iface: _Interface) -> None:
         self.iface = iface
-        self.packet_buffer = bytearray(VNET_HDR_LEN + MAX_DATAGRAM)
+        self.packet_buffer = memoryview(_lazy_buffer(VNET_HDR_LEN + MAX_DATAGRAM))
         self.read_into = [self.packet_buffer]  # readv's argument, built once
-        self.packet_body = memoryview(self.packet_buffer)[VNET_HDR_LEN:]  # behind the header
-        self.out_view = memoryview(bytearray(GSO_MAX_BYTES + MAX_DATAGRAM))
+        self.packet_body = self.packet_buffer[VNET_HDR_LEN:]  # the packet behind its header
+        self.out_view = memoryview(_lazy_buffer(GSO_MAX_BYTES + MAX_DATAGRAM))
 
     def drain(self, now: float) -> None:
         """Read the TUN until it is empty (or BATCH packets); send same-size runs per peer."""
@@ -538,6 +539,16 @@ class _Outbound:
             iface.poke_timers()
 
 
+def _lazy_buffer(size: int) -> mmap.mmap:
+    """A zeroed buffer that costs memory only as far as it is written: an anonymous mapping.
+
+    ``bytearray(size)`` writes every byte to zero it, so all of it is resident at once.  The
+    buffers here are sized for the largest batch (about 1 MiB in all), which an idle
+    interface, or one socket of the two, may never see.
+    """
+    return mmap.mmap(-1, size)
+
+
 def _send_run(
     iface: _Interface,
     view: memoryview,
@@ -585,10 +596,8 @@ async def _network_to_device(iface: _Interface, sock: socket.socket) -> None:
     decrypt_one = core.decrypt_datagram_into_untrusted
     recvmsg = sock.recvmsg_into
     fd = device.fileno()
-    buffer = bytearray(MAX_DATAGRAM)
-    view = memoryview(buffer)
-    plain = bytearray(PLAIN_ROOM)
-    plain_view = memoryview(plain)
+    view = memoryview(_lazy_buffer(MAX_DATAGRAM))
+    plain_view = memoryview(_lazy_buffer(PLAIN_ROOM))
     while True:
         try:
             await trio.lowlevel.wait_readable(sock)
@@ -601,7 +610,7 @@ async def _network_to_device(iface: _Interface, sock: socket.socket) -> None:
             if used + MAX_DATAGRAM > PLAIN_ROOM:
                 break  # no room for another receive: write, and let the other tasks run
             try:
-                n, ancdata, _flags, address = recvmsg([buffer], sticky.ANCILLARY_SPACE)
+                n, ancdata, _flags, address = recvmsg([view], sticky.ANCILLARY_SPACE)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -617,7 +626,7 @@ async def _network_to_device(iface: _Interface, sock: socket.socket) -> None:
             source = sticky.endpoint_from(address, ancdata)
             offset = 0
             while offset < n:
-                if buffer[offset] == _DATA_MESSAGE:
+                if view[offset] == _DATA_MESSAGE:
                     # The fast path takes the data messages, up to anything else.
                     consumed, written = decrypt_batch(
                         view[offset:n], segment, source, plain_view[used:], now, packets=packets
@@ -628,7 +637,7 @@ async def _network_to_device(iface: _Interface, sock: socket.socket) -> None:
                         break
                 # A handshake message (or junk): one datagram through the general path.
                 stop = min(offset + segment, n)
-                if buffer[offset] in (1, 2):  # initiation or response: Diffie-Hellman work
+                if view[offset] in (1, 2):  # initiation or response: Diffie-Hellman work
                     size = iface.handle_handshake(view[offset:stop], source, plain_view[used:])
                 else:
                     size = decrypt_one(view[offset:stop], source, plain_view[used:], now)

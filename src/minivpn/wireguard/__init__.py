@@ -27,49 +27,9 @@ The modules, from the bottom up:
 * :mod:`~minivpn.wireguard.config`: ``wg``/``wg-quick`` configuration files.
 * :mod:`~minivpn.wireguard.uapi`: the text protocol ``wg`` speaks to a userspace daemon.
 * :mod:`~minivpn.wireguard.errors`: the exceptions.
+
+Names are imported from the module that defines them (``from minivpn.wireguard.core import
+WireGuardCore``); the package re-exports nothing, so that a program loads only the modules it
+uses (``minivpnd`` does without the configuration file parser), and every module loaded stays
+resident (docs/performance.md, "Memory").
 """
-
-from __future__ import annotations
-
-from .allowedips import AllowedIPs as AllowedIPs
-from .config import Config as Config
-from .config import ConfigError as ConfigError
-from .config import format_config as format_config
-from .config import load_config as load_config
-from .config import parse_config as parse_config
-from .core import MAX_DATAGRAM_SIZE as MAX_DATAGRAM_SIZE
-from .core import TRANSPORT_OVERHEAD as TRANSPORT_OVERHEAD
-from .core import WireGuardCore as WireGuardCore
-from .core import padded_size as padded_size
-from .crypto import TransportCipher as TransportCipher
-from .errors import DecryptionError as DecryptionError
-from .errors import HandshakeError as HandshakeError
-from .errors import InvalidKey as InvalidKey
-from .errors import InvalidMessage as InvalidMessage
-from .errors import WireGuardError as WireGuardError
-from .events import Action as Action
-from .events import DeliverPacket as DeliverPacket
-from .events import DropReason as DropReason
-from .events import Endpoint as Endpoint
-from .events import FwmarkChanged as FwmarkChanged
-from .events import HandshakeCompleted as HandshakeCompleted
-from .events import HandshakeFailed as HandshakeFailed
-from .events import KeyMaterialZeroed as KeyMaterialZeroed
-from .events import ListenPortChanged as ListenPortChanged
-from .events import PacketDropped as PacketDropped
-from .events import SendDatagram as SendDatagram
-from .keys import PresharedKey as PresharedKey
-from .keys import PrivateKey as PrivateKey
-from .keys import PublicKey as PublicKey
-from .peer import Peer as Peer
-from .timers import DEFAULT_MTU as DEFAULT_MTU
-from .timers import UNDER_LOAD_AFTER_TIME as UNDER_LOAD_AFTER_TIME
-from .uapi import DeviceSnapshot as DeviceSnapshot
-from .uapi import GetRequest as GetRequest
-from .uapi import PeerSnapshot as PeerSnapshot
-from .uapi import SetRequest as SetRequest
-from .uapi import UapiError as UapiError
-from .uapi import UapiRequestParser as UapiRequestParser
-from .uapi import format_errno as format_errno
-from .uapi import format_get_response as format_get_response
-from .uapi import parse_get_response as parse_get_response
