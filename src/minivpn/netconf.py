@@ -19,6 +19,11 @@ All of these need CAP_NET_ADMIN in the namespace owning the link, except reading
 (:func:`addresses`, :func:`link_state`, :func:`link_index`).  An unprivileged owner of a TUN
 device can attach to it but not configure it; :func:`configure_link` with
 ``unprivileged_ok=True`` turns that refusal into a warning (see docs/privileges.md).
+
+pyroute2 is imported inside the functions that talk netlink, not at the top: it takes about
+12 MiB of resident memory, which every process that imports this module only to parse an
+address (every ``minivpn`` command builds its argument parser with :func:`parse_interface`)
+would otherwise carry for its whole life.
 """
 
 from __future__ import annotations
@@ -32,8 +37,6 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
 
 from minivpn.errors import MinivpnError
 
@@ -140,6 +143,9 @@ def parse_network(cidr: str) -> IPNetwork:
 @contextlib.contextmanager
 def _netlink(action: str) -> Iterator[Any]:
     """An open ``IPRoute``; netlink errors become NetconfError("cannot ACTION: reason")."""
+    from pyroute2 import IPRoute  # imported here: see the module docstring
+    from pyroute2.netlink.exceptions import NetlinkError
+
     try:
         with IPRoute() as ipr:
             yield ipr
@@ -215,6 +221,8 @@ def set_mtu(name: str, mtu: int) -> None:
         NetconfError: no such link, or the kernel refused the value (TUN allows 68..65535;
             IPv6 needs at least 1280).
     """
+    from pyroute2.netlink.exceptions import NetlinkError
+
     with _netlink(f"set the MTU of {name} to {mtu}") as ipr:
         try:
             ipr.link("set", index=_index(ipr, name), mtu=mtu)
@@ -296,6 +304,8 @@ def add_address(name: str, cidr: str) -> None:
         NetconfError: *cidr* is not ADDR/PREFIX, or no such link.
         NetconfPermissionError: no CAP_NET_ADMIN.
     """
+    from pyroute2.netlink.exceptions import NetlinkError
+
     interface = parse_interface(cidr)
     extra = {"flags": IFA_F_NODAD} if interface.version == 6 else {}
     with _netlink(f"add address {interface} to {name}") as ipr:
@@ -319,6 +329,8 @@ def del_address(name: str, cidr: str, *, missing_ok: bool = False) -> None:
         NetconfError: bad *cidr*, no such link, or (unless *missing_ok*) no such address.
         NetconfPermissionError: no CAP_NET_ADMIN.
     """
+    from pyroute2.netlink.exceptions import NetlinkError
+
     interface = parse_interface(cidr)
     with _netlink(f"remove address {interface} from {name}") as ipr:
         try:
@@ -373,6 +385,8 @@ def add_route(name: str, cidr: str, table: int | None = None) -> None:
         NetconfError: bad *cidr*, no such link, or a conflicting route exists.
         NetconfPermissionError: no CAP_NET_ADMIN.
     """
+    from pyroute2.netlink.exceptions import NetlinkError
+
     network = parse_network(cidr)
     where = f" in table {table}" if table is not None else ""
     with _netlink(f"add route {network} via {name}{where}") as ipr:
@@ -396,6 +410,8 @@ def del_route(name: str, cidr: str, table: int | None = None, *, missing_ok: boo
         NetconfError: bad *cidr*, no such link, or (unless *missing_ok*) no such route.
         NetconfPermissionError: no CAP_NET_ADMIN.
     """
+    from pyroute2.netlink.exceptions import NetlinkError
+
     network = parse_network(cidr)
     where = f" in table {table}" if table is not None else ""
     with _netlink(f"delete route {network} via {name}{where}") as ipr:

@@ -14,7 +14,8 @@ The steps, in order, and why in that order:
 1. **Prepare, synchronously, before trio starts** (:func:`open_interface`, :func:`configure_link`).
    The UAPI socket first: if another process serves this interface, the user learns "already
    running" rather than a vaguer "name in use".  Then the TUN device, then (``minivpn up`` only)
-   MTU, addresses, link up and routes through netlink.  Any failure undoes what was made.
+   MTU, addresses, link up and routes through netlink, in a short-lived child process so that
+   pyroute2 never loads into the long-lived one.  Any failure undoes what was made.
 2. **Daemonise** (:func:`daemonize`), unless running in the foreground.  ``fork()`` happens
    before ``trio.run()``, while the process has a single thread: forking a process with threads
    (trio starts some) copies only the calling thread, with whatever locks the others held.  The
@@ -490,19 +491,65 @@ def configure_link(
     looks the link up by name, so it must run before the device can be moved to another
     namespace: right after :func:`open_interface`.
 
-    Raises:
-        NetconfError: the kernel refused something (the message says what).
-    """
-    from minivpn import netconf  # pyroute2 costs ~12 MiB: only `up` configuring a link loads it
+    The netlink work runs in a short-lived child process (:func:`run_in_child`): pyroute2
+    takes ~12 MiB once imported, which the interface's long-lived process would keep for good.
 
-    netconf.set_mtu(name, mtu)
-    for address in addresses:
-        netconf.add_address(name, str(address))
-    netconf.set_link_up(name)
-    if routes is not None:
-        for network in routes.routes:
-            netconf.add_route(name, str(network), routes.table)
-            log.debug("route %s via %s%s", network, name, _in_table(routes.table))
+    Raises:
+        MinivpnError: the kernel refused something (the message says what).
+    """
+
+    def configure() -> None:
+        from minivpn import netconf  # only ever imported in the child
+
+        netconf.set_mtu(name, mtu)
+        for address in addresses:
+            netconf.add_address(name, str(address))
+        netconf.set_link_up(name)
+        if routes is not None:
+            for network in routes.routes:
+                netconf.add_route(name, str(network), routes.table)
+                log.debug("route %s via %s%s", network, name, _in_table(routes.table))
+
+    run_in_child(configure)
+
+
+def run_in_child(work: Callable[[], None]) -> None:
+    """Run *work* in a forked child process and wait for it; its user error is raised here.
+
+    For one-off work that needs a big module: what the child imports dies with it.  Call it
+    before trio starts (a fork must not copy other threads).  A :class:`MinivpnError` in the
+    child comes back as one with the same message and exit status; anything else comes back
+    as a :class:`MinivpnError` naming it, since its traceback stayed in the child (which
+    logged it).
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into the caller's code
+        status = 0
+        try:
+            os.close(read_end)
+            try:
+                work()
+            except MinivpnError as exc:
+                os.write(write_end, f"{exc.exit_code} {exc}".encode())
+                status = 1
+            except BaseException as exc:  # report it, whatever it is
+                log.exception("internal error")
+                os.write(write_end, f"1 internal error: {exc!r}".encode())
+                status = 1
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with open(read_end, "rb") as pipe:
+        report = pipe.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if report:
+        exit_code, _, message = report.partition(" ")
+        error = MinivpnError(message)
+        error.exit_code = int(exit_code)
+        raise error
+    if status != 0:
+        raise MinivpnError(f"internal error: the child process ended with status {status:#x}")
 
 
 def _in_table(table: int | None) -> str:
