@@ -55,14 +55,17 @@ __all__ = [
 #: The repository root: the working directory the child needs to find ``tests.helpers``.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: Standard-library modules that minivpn or Python itself may import late (on first use).
-_LATE_STDLIB = (
+#: Modules that minivpn or Python itself may import late (on first use): minivpn.netconf
+#: imports pyroute2 only when it first talks netlink.
+_LATE_IMPORTS = (
     "argparse",
     "asyncio",
     "encodings.idna",
     "grp",
     "json",
     "logging",
+    "pyroute2",
+    "pyroute2.netlink.exceptions",
     "pwd",
     "signal",
     "socket",
@@ -77,7 +80,7 @@ def import_everything(extra: Sequence[str] = ()) -> list[str]:
     fatal: if the command needs it, the command fails with its own error.
     """
     failed = []
-    for name in (*_LATE_STDLIB, "minivpn.cli.main", *extra):
+    for name in (*_LATE_IMPORTS, "minivpn.cli.main", *extra):
         importlib.import_module(name)
     import minivpn
 
