@@ -201,6 +201,47 @@ def link_state(name: str) -> LinkState:
         )
 
 
+def path_mtu(destination: str) -> int | None:
+    """The MTU on the way to *destination*, as ``ip route get DESTINATION`` shows it.
+
+    The route's own ``mtu`` when it sets one, else the MTU of the link the route leaves by.
+
+    Returns:
+        None when there is no route to it (the network is unreachable).
+
+    Raises:
+        NetconfError: the lookup failed for another reason.
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with _netlink(f"look up the route to {destination}") as ipr:
+        try:
+            routes = ipr.route("get", dst=destination)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL):
+                return None
+            raise
+        return _route_mtu(ipr, routes[0]) if routes else None
+
+
+def default_route_mtu() -> int | None:
+    """The MTU of the IPv4 default route (``ip route show default``, then its link); or None."""
+    with _netlink("look up the default route") as ipr:
+        routes = ipr.get_default_routes(family=socket.AF_INET)
+        return _route_mtu(ipr, routes[0]) if routes else None
+
+
+def _route_mtu(ipr: Any, route: Any) -> int | None:
+    metrics = route.get_attr("RTA_METRICS")
+    if metrics is not None and metrics.get_attr("RTAX_MTU"):
+        return int(metrics.get_attr("RTAX_MTU"))
+    index = route.get_attr("RTA_OIF")
+    if index is None:
+        return None  # a blackhole or unreachable route
+    (link,) = ipr.get_links(index)
+    return int(link.get("IFLA_MTU"))
+
+
 def set_link_up(name: str, up: bool = True) -> None:
     """Bring *name* up (or down, with ``up=False``), like ``ip link set NAME up``.
 

@@ -115,7 +115,7 @@ def write_basic_config(
     port: int,
     extra_interface: str = "",
     allowed_ips: str = "10.61.0.2/32, 10.62.0.0/16, fd00:62::/48",
-    endpoint: str = "127.0.0.1:9",
+    endpoint: str | None = "127.0.0.1:9",
     mode: int = 0o600,
 ) -> BasicConfig:
     """Write ``DIRECTORY/NAME.conf``: an interface with one peer, each with a new key.
@@ -124,7 +124,7 @@ def write_basic_config(
         directory, name: where the file goes (``minivpn up`` names the interface after it).
         port: the interface's ListenPort; its addresses are 10.61.0.1/24 and fd00:61::1/64.
         extra_interface: more lines for the ``[Interface]`` section, each ending in ``\\n``.
-        allowed_ips, endpoint: the peer's AllowedIPs and Endpoint.
+        allowed_ips, endpoint: the peer's AllowedIPs and Endpoint (None: no Endpoint line).
         mode: the file's permissions.
     """
     keys, peer = genkey(), genkey()
@@ -137,7 +137,7 @@ def write_basic_config(
         "\n[Peer]\n"
         f"PublicKey = {peer.public}\n"
         f"AllowedIPs = {allowed_ips}\n"
-        f"Endpoint = {endpoint}\n"
+        + (f"Endpoint = {endpoint}\n" if endpoint is not None else "")
     )
     return BasicConfig(write_config(directory, name, text, mode), keys.public, peer.public)
 
@@ -221,6 +221,36 @@ def test_up_sets_everything_and_down_removes_it(
     # Once more: there is nothing to take down.
     again = minivpn(ns, "down", name)
     assert assert_clean_failure(again).startswith(f"minivpn: no interface {name}")
+
+
+def test_mtu_without_a_setting_follows_the_path_to_the_endpoint(
+    topo: Topology, daemons: Daemons, tmp_path: Path
+) -> None:
+    """As wg-quick: the MTU towards the peer's endpoint minus 80 (1400 -> 1320)."""
+    a, b = topo.pair()
+    a.ip("link", "set", a.veth, "mtu", "1400")
+    name = fresh_name("m")
+    written = write_basic_config(tmp_path, name, port=52131, endpoint=f"{b.addr4}:52132")
+    bring_up(a, written.path, name, daemons)
+    found = link(a, name)
+    assert found is not None
+    assert found["mtu"] == 1320
+    take_down(a, name)
+
+
+def test_mtu_without_endpoints_follows_the_default_route(
+    topo: Topology, daemons: Daemons, tmp_path: Path
+) -> None:
+    """No endpoint to look at: the default route's MTU minus 80; here the route sets one."""
+    a, _ = topo.pair()
+    a.ip("route", "add", "default", "via", "198.51.100.2", "dev", a.veth, "mtu", "1380")
+    name = fresh_name("d")
+    written = write_basic_config(tmp_path, name, port=52133, endpoint=None)
+    bring_up(a, written.path, name, daemons)
+    found = link(a, name)
+    assert found is not None
+    assert found["mtu"] == 1300
+    take_down(a, name)
 
 
 def test_two_interfaces_talk(topo: Topology, daemons: Daemons, tmp_path: Path) -> None:

@@ -10,9 +10,10 @@
 1. read the file (``NAME`` alone means ``/etc/wireguard/NAME.conf``; the interface is named
    after the file, ``wg0.conf`` makes ``wg0``); errors name the file and line;
 2. resolve the peers' endpoint host names;
-3. create the UAPI socket and the TUN device, set the MTU (``MTU``, else 1420), add the
-   addresses (``Address``), bring the link up and add a route for each peer's ``AllowedIPs``
-   (honouring ``Table``);
+3. create the UAPI socket and the TUN device, set the MTU (``MTU``; without it, as wg-quick
+   does: the largest MTU on the way to the peers' endpoints minus 80, which is 1420 on a
+   1500-byte network), add the addresses (``Address``), bring the link up and add a route for
+   each peer's ``AllowedIPs`` (honouring ``Table``);
 4. go to the background (unless ``--foreground``) and run the interface; the command returns
    once the UDP sockets are bound, or fails with the reason (e.g. the port is in use), leaving
    nothing behind.
@@ -25,7 +26,6 @@ Decisions that differ from wg-quick, on purpose:
 * A ``/0`` in AllowedIPs with automatic routing is refused: wg-quick sets up fwmark policy
   routing for it, which ``up`` does not (see :func:`~minivpn.runtime.interface.plan_routes`).
   ``Table = off`` or ``Table = NUMBER`` allow it.
-* The MTU defaults to 1420 rather than being derived from the route to the endpoints.
 
 ``down`` removes the socket file: the interface's process notices and stops, and with its TUN
 device go the addresses and routes.  A device still there after 5 seconds is deleted through
@@ -38,7 +38,6 @@ import logging
 from typing import TYPE_CHECKING
 
 from minivpn.runtime.interface import (
-    DEFAULT_MTU,
     DOWN_TIMEOUT,
     Readiness,
     configure_link,
@@ -55,6 +54,7 @@ from minivpn.runtime.interface import (
     take_down,
     user_error_messages,
 )
+from minivpn.tuntap.device import get_mtu
 from minivpn.wireguard.config import load_config
 
 if TYPE_CHECKING:
@@ -116,7 +116,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     routes = plan_routes(config, filename, name)
     require_cap_net_admin(f"bring {name} up")
     endpoints = resolve_endpoints(config, filename)
-    mtu = config.interface.mtu or DEFAULT_MTU
+    endpoint_addresses = [
+        str(peer.endpoint.ip) if peer.endpoint.ip is not None else endpoints[peer.public_key][0]
+        for peer in config.peers
+        if peer.endpoint is not None
+    ]
 
     def build_core(now: float) -> WireGuardCore:
         from minivpn.wireguard.core import WireGuardCore
@@ -126,7 +130,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     with stop_signals_held():
         interface = open_interface(name, exclusive=True)
         try:
-            configure_link(name, mtu=mtu, addresses=config.interface.addresses, routes=routes)
+            configure_link(
+                name,
+                mtu=config.interface.mtu,  # None: derived as wg-quick does
+                endpoints=endpoint_addresses,
+                addresses=config.interface.addresses,
+                routes=routes,
+            )
+            mtu = get_mtu(name)
         except BaseException:
             interface.close()  # the device goes, and with it what was configured so far
             raise

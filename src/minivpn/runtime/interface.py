@@ -66,7 +66,7 @@ from minivpn.tuntap.listing import read_tun_flags
 from minivpn.wireguard.timers import DEFAULT_MTU
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from minivpn.wireguard.config import Config
     from minivpn.wireguard.core import WireGuardCore
@@ -481,7 +481,8 @@ def open_interface(
 def configure_link(
     name: str,
     *,
-    mtu: int,
+    mtu: int | None,
+    endpoints: Sequence[str] = (),
     addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = (),
     routes: RoutePlan | None = None,
 ) -> None:
@@ -494,6 +495,14 @@ def configure_link(
     The netlink work runs in a short-lived child process (:func:`run_in_child`): pyroute2
     takes ~12 MiB once imported, which the interface's long-lived process would keep for good.
 
+    Args:
+        name: the link.
+        mtu: the MTU; None picks it as wg-quick does (:func:`wg_quick_mtu`), from the routes
+            to *endpoints*, the peers' endpoint addresses.
+        endpoints: see *mtu*.
+        addresses: the interface's addresses.
+        routes: the routes for the peers' allowed IPs, if any.
+
     Raises:
         MinivpnError: the kernel refused something (the message says what).
     """
@@ -501,7 +510,7 @@ def configure_link(
     def configure() -> None:
         from minivpn import netconf  # only ever imported in the child
 
-        netconf.set_mtu(name, mtu)
+        netconf.set_mtu(name, mtu if mtu is not None else wg_quick_mtu(endpoints))
         for address in addresses:
             netconf.add_address(name, str(address))
         netconf.set_link_up(name)
@@ -511,6 +520,28 @@ def configure_link(
                 log.debug("route %s via %s%s", network, name, _in_table(routes.table))
 
     run_in_child(configure)
+
+
+#: What WireGuard adds to a packet over IPv6, the larger case: IPv6 40 + UDP 8 + WireGuard's
+#: header 16 and tag 16.  1500 - 80 = 1420, the usual MTU.
+WG_QUICK_OVERHEAD = 80
+
+
+def wg_quick_mtu(endpoints: Sequence[str]) -> int:
+    """The MTU wg-quick gives an interface whose configuration sets none.
+
+    The largest MTU on the way to any of the peers' *endpoints* (the route's own, or the MTU
+    of the link it leaves by, as ``ip route get`` shows); without endpoints or routes to
+    them, that of the default route; without one, 1500 -- minus :data:`WG_QUICK_OVERHEAD`.
+    So a path of 1500 bytes gives 1420 and a 1280-byte underlay gives 1200, instead of
+    datagrams too big for the path (the most common WireGuard complaint).
+    """
+    from minivpn import netconf
+
+    largest = max((netconf.path_mtu(address) or 0 for address in endpoints), default=0)
+    if largest == 0:
+        largest = netconf.default_route_mtu() or 1500
+    return largest - WG_QUICK_OVERHEAD
 
 
 def run_in_child(work: Callable[[], None]) -> None:
