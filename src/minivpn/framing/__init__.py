@@ -25,5 +25,5 @@ See docs/framing.md for the formats.
 Names are imported from the module that defines them (``from minivpn.framing.decode import
 summarize``); the package re-exports nothing, so that a program loads only the modules it
 uses: ``minivpnd`` needs one of them, and every module loaded stays resident
-(docs/performance.md, "Memory").
+(docs/performance.md, "Memory of minivpnd").
 """

@@ -814,8 +814,8 @@ def trim_heap() -> None:
     Starting an interface imports some forty modules and compiles their classes; what that
     frees stays in the C heap, where glibc returns only the free space at its very top on its
     own.  The process never needs most of it again, so after start-up it is handed back:
-    about 1 MiB of resident memory (docs/performance.md, "Memory").  Where the C library is
-    not glibc, nothing happens.
+    about 0.5-1 MiB of resident memory (docs/performance.md, "Memory of minivpnd").  Where the
+    C library is not glibc, nothing happens.
     """
     import ctypes  # already loaded by trio
 

@@ -31,5 +31,5 @@ The modules, from the bottom up:
 Names are imported from the module that defines them (``from minivpn.wireguard.core import
 WireGuardCore``); the package re-exports nothing, so that a program loads only the modules it
 uses (``minivpnd`` does without the configuration file parser), and every module loaded stays
-resident (docs/performance.md, "Memory").
+resident (docs/performance.md, "Memory of minivpnd").
 """
