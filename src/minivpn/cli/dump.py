@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 
 import trio
 
 from minivpn.cli import argtypes
+from minivpn.cli.signals import stop_on_signals
 from minivpn.tuntap.ioctl import Mode
 
 DESCRIPTION = """\
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                     nursery.cancel_scope.cancel()
 
             # Signals are caught before anything is set up, so SIGTERM always ends it cleanly.
-            await nursery.start(_stop_on_signals, nursery.cancel_scope)
+            await nursery.start(stop_on_signals, nursery.cancel_scope)
 
             async def dump_then_stop(*, task_status: trio.TaskStatus[str]) -> None:
                 await run_dump(config, emit, result=result, task_status=task_status)
@@ -91,13 +91,3 @@ def run(args: argparse.Namespace) -> int:
     replies = f", {result.replies} replies sent" if args.answer_pings else ""
     print(f"minivpn: {result.packets} packets captured{replies}", file=sys.stderr)
     return 0
-
-
-async def _stop_on_signals(
-    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for _ in signals:
-            scope.cancel()
-            return

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
-import signal
 
 import trio
 
 from minivpn.cli import argtypes
+from minivpn.cli.signals import stop_on_signals
 from minivpn.stats import Counters
 from minivpn.tuntap.ioctl import Mode
 
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         nonlocal started
         async with trio.open_nursery() as nursery:
             # Signals are caught before anything is set up, so SIGTERM always ends it cleanly.
-            await nursery.start(_stop_on_signals, nursery.cancel_scope)
+            await nursery.start(stop_on_signals, nursery.cancel_scope, _log_detaching)
 
             async def tunnel_then_stop(*, task_status: trio.TaskStatus[object]) -> None:
                 await run_tunnel(config, counters=counters, task_status=task_status)
@@ -147,12 +147,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stop_on_signals(
-    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for signum in signals:
-            log.info("%s: detaching", signal.Signals(signum).name)
-            scope.cancel()
-            return
+def _log_detaching(signal_name: str) -> None:
+    log.info("%s: detaching", signal_name)
