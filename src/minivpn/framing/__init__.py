@@ -10,8 +10,8 @@ Modules:
 * :mod:`~minivpn.framing.pi`: the 4-byte TUN packet-information header
   (:func:`parse_pi_untrusted`, :func:`build_pi`).
 * :mod:`~minivpn.framing.decode`: decoders for Ethernet, ARP, IPv4/IPv6, TCP, UDP, ICMP/ICMPv6
-  and :func:`summarize`, a one-line description in the words of ``tcpdump -n``; fast helpers
-  for the packet path (:func:`ip_destination_untrusted`, :func:`inner_ip_length_untrusted`).
+  and :func:`summarize`, a one-line description in the words of ``tcpdump -n``; helpers that
+  read one field (:func:`ip_destination_untrusted`, :func:`inner_ip_length_untrusted`).
 * :mod:`~minivpn.framing.stream`: 2-byte length-prefix framing for a TCP tunnel
   (:func:`encode_frame`, :class:`FrameDecoder`).
 * :mod:`~minivpn.framing.pcap`: classic pcap file writer and reader.
