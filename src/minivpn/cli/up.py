@@ -54,7 +54,6 @@ from minivpn.runtime.interface import (
     take_down,
     user_error_messages,
 )
-from minivpn.tuntap.device import get_mtu
 from minivpn.wireguard.config import load_config
 
 if TYPE_CHECKING:
@@ -125,7 +124,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     def build_core(now: float) -> WireGuardCore:
         from minivpn.wireguard.core import WireGuardCore
 
-        return WireGuardCore.from_config(config, now=now, endpoints=endpoints, mtu=mtu)
+        # The MTU is the device's: run_interface reads it from the link as it starts.
+        return WireGuardCore.from_config(config, now=now, endpoints=endpoints)
 
     with stop_signals_held():
         interface = open_interface(name, exclusive=True)
@@ -137,7 +137,6 @@ def cmd_up(args: argparse.Namespace) -> int:
                 addresses=config.interface.addresses,
                 routes=routes,
             )
-            mtu = get_mtu(name)
         except BaseException:
             interface.close()  # the device goes, and with it what was configured so far
             raise
