@@ -163,8 +163,21 @@ def _setup_minivpn_tunnel(
     return setup
 
 
+#: Upstream wireguard-go 0.0.20250522 (TUN GSO/GRO offloads), the reference of the ratios;
+#: MINIVPN_WG_GO_2025 names another path.
+WG_GO_2025 = Path(
+    os.environ.get(
+        "MINIVPN_WG_GO_2025", ROOT.parent / "shared/bench/bin/wireguard-go-0.0.20250522"
+    )
+)
+
 SETUPS = {
     "veth": Setup("veth", 0, setup_veth),
+    "wireguard-go-2025": Setup(
+        "wireguard-go-2025",
+        6,
+        _setup_userspace_wireguard(lambda dev: [str(WG_GO_2025), "-f", dev], "wn"),
+    ),
     "wireguard-go": Setup(
         "wireguard-go", 1, _setup_userspace_wireguard(lambda dev: ["wireguard-go", "-f", dev], "wg")
     ),
