@@ -32,7 +32,7 @@ from __future__ import annotations
 import mmap
 from typing import TYPE_CHECKING, Protocol
 
-from minivpn.framing.offload import coalesce, segments
+from minivpn.framing.offload import GSO_NONE, VNET_HDR_LEN, coalesce, segments
 from minivpn.wireguard.results import WriteToNetwork, WriteToTunnel
 
 if TYPE_CHECKING:
@@ -119,31 +119,36 @@ class OffloadEngine:
         Raises:
             OffloadError: the virtio-net header makes no sense (the caller counts and drops).
         """
-        for packet in segments(frame):
-            result = self.core.encapsulate(packet, self._train[self._end :], now)
-            if isinstance(result, WriteToNetwork):
-                self._add_to_train(result.size, result.endpoint)
+        if frame[0] == 0 and frame[1] == GSO_NONE:
+            # A plain packet, nothing to cut or complete: skip the generator (about a tenth of
+            # the engine's own instructions per packet, measured with callgrind).
+            self._encapsulate(frame[VNET_HDR_LEN:], now)
+        else:
+            for packet in segments(frame):
+                self._encapsulate(packet, now)
 
-    def _add_to_train(self, size: int, endpoint: Endpoint) -> None:
-        """The datagram just written at ``_train[_end:]`` joins the train, or starts one.
+    def _encapsulate(self, packet: memoryview, now: float) -> None:
+        """One packet through the per-packet path, its datagram written where the train ends.
 
-        A train holds datagrams of one size, for one endpoint, except that its last one may be
-        shorter: that is what ``UDP_SEGMENT`` sends.
+        A train holds datagrams of one size for one endpoint, except that its last one may be
+        shorter: that is what one ``sendmsg`` with ``UDP_SEGMENT`` sends.
         """
+        end = self._end
+        result = self.core.encapsulate(packet, self._train[end:], now)
+        if not isinstance(result, WriteToNetwork):
+            return  # queued behind a handshake, or dropped: the core has counted it
+        size, endpoint = result.size, result.endpoint
         if self._count and (endpoint != self._endpoint or size > self._segment):
             # It cannot join: send the train, and move the datagram to the front.
-            start = self._end
             self.send_trains()
-            self._train[:size] = bytes(self._train[start : start + size])
+            self._train[:size] = bytes(self._train[end : end + size])
+            end = 0
         if self._count == 0:
             self._segment, self._endpoint = size, endpoint
-        self._end += size
+        end += size
+        self._end = end
         self._count += 1
-        if (
-            size < self._segment
-            or self._end + self._segment > GSO_MAX_BYTES
-            or self._count == GSO_MAX_SEGMENTS
-        ):
+        if size < self._segment or end + size > GSO_MAX_BYTES or self._count == GSO_MAX_SEGMENTS:
             self.send_trains()  # a short datagram ends a train; or it is full
 
     @property
@@ -172,14 +177,16 @@ class OffloadEngine:
 
         Decrypted packets wait for :meth:`write_packets`; a handshake reply is sent at once.
         """
+        plain, used, packets = self._plain, self._used, self._packets
         for start in range(0, len(data), segment):
-            out = self._plain[self._used :]
+            out = plain[used:]
             result = self.core.decapsulate(source, data[start : start + segment], out, now)
             if isinstance(result, WriteToTunnel):
-                self._packets.append(out[: result.size])
-                self._used += result.size
+                packets.append(out[: result.size])
+                used += result.size
             elif isinstance(result, WriteToNetwork):
                 self._send(out[: result.size], result.size, result.endpoint)
+        self._used = used
 
     def write_packets(self) -> bool:
         """Write the decrypted packets, TCP runs merged; returns whether there were any."""
