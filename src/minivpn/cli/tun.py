@@ -320,6 +320,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             "state",
             f"{info.state} (admin {'up' if info.up else 'down'}, operstate {info.operstate})",
         ),
+        *([("queues", f"{info.num_queues} attached")] if info.num_queues is not None else []),
         ("ifindex", str(info.ifindex)),
         ("mac", info.mac or "-"),
         ("addresses", ", ".join(info.addresses) or "-"),

@@ -2,7 +2,7 @@
 
 * :mod:`.ioctl`: ioctl numbers, IFF_* flags, ``struct ifreq``, interface-name rules (pure);
 * :mod:`.device`: create, attach, make persistent, set owner/group, delete (sync ioctls);
-* :mod:`.listing`: find TUN/TAP devices and describe them from sysfs;
+* :mod:`.listing`: find TUN/TAP devices and describe them (netlink, RTM_GETLINK);
 * :mod:`.aio`: an attached device as a trio ``Channel[bytes]`` (non-blocking, ``wait_readable``);
 * :mod:`.errors`: one exception class per thing a user can do about a failure.
 

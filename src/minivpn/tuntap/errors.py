@@ -2,7 +2,7 @@
 
 The kernel answers a failed ``/dev/net/tun`` request with a bare errno (``EINVAL`` covers "no
 such mode", "wrong mode for this device" and "that name is not a TUN device" alike).  The code
-in :mod:`minivpn.tuntap.device` looks at sysfs to find out which case it was, and raises one of
+in :mod:`minivpn.tuntap.device` asks netlink to find out which case it was, and raises one of
 these with a message that says what to change.  All of them are
 :class:`~minivpn.errors.MinivpnError`, so the command line prints the message and exits non-zero.
 """
