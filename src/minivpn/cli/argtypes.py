@@ -8,9 +8,14 @@ has one name, one meaning and one help text everywhere.
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import TYPE_CHECKING
 
 from minivpn.errors import MinivpnError
 from minivpn.netconf import parse_interface
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def cidr(text: str) -> str:
@@ -67,3 +72,17 @@ def add_address_option(parser: argparse.ArgumentParser, *, check: bool = True) -
         type=cidr if check else str,
         help="add this address to the device, e.g. 10.9.0.1/24 or fd00:9::1/64 (repeatable)",
     )
+
+
+def print_help_handler(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """A ``func`` for a command given without its sub-command (``minivpn``, ``minivpn tun``).
+
+    It prints the parser's help, which lists the sub-commands, to stderr, and returns 2 as for
+    any other usage error.
+    """
+
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return handler

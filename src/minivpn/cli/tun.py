@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="create, delete, list and attach to TUN/TAP devices",
         description="Create, delete, list and attach to TUN/TAP devices.",
     )
-    actions = parser.add_subparsers(dest="tun_action", metavar="ACTION")
-    actions.required = True
+    actions = parser.add_subparsers(dest="tun_action", metavar="ACTION", title="actions")
+    parser.set_defaults(func=argtypes.print_help_handler(parser))
 
     add = actions.add_parser(
         "add",
