@@ -272,8 +272,18 @@ def test_tap_dump_on_an_existing_tun_device_is_refused(ns: Namespace) -> None:
     ns.run(["ip", "tuntap", "add", "dev", "keep0", "mode", "tun"])
     line = dump_fails(ns, "keep0", "--tap")
     assert "keep0" in line
-    assert "it is a TUN device, but TAP was requested" in line, line
+    assert line.endswith("it is a TUN device, but TAP was requested (use --tun instead of --tap)")
     assert tun_info(ns, "keep0")["type"] == "tun"
+
+
+def test_dump_on_a_tap_device_suggests_tap(ns: Namespace, tmp_path: Path) -> None:
+    ns.run(["ip", "tuntap", "add", "dev", "keep0", "mode", "tap"])
+    line = dump_fails(ns, "keep0")
+    assert line.endswith("it is a TAP device, but TUN was requested (use --tap)"), line
+    # ... and with it, it works; --tun is the default, and can be said.
+    start_dump(ns, ["keep0", "--tap"], tmp_path).stop(signal.SIGTERM, timeout=STOP)
+    assert dump_fails(ns, "keep0", "--tun").endswith("(use --tap)")
+    assert "not allowed with" in dump_fails(ns, "keep0", "--tun", "--tap")
 
 
 def test_a_link_that_is_not_tun_is_refused(ns: Namespace) -> None:

@@ -315,7 +315,8 @@ def test_missing_devices() -> None:
 def test_flag_mismatches_say_which(name: str) -> None:
     ok("tun", "add", name)
     assert fails("tun", "attach", name, "--tap", "--seconds", "0").endswith(
-        f"cannot attach to {name}: it is a TUN device, but TAP was requested"
+        f"cannot attach to {name}: it is a TUN device, but TAP was requested "
+        "(use --tun instead of --tap)"
     )
     assert "it is not multi-queue, but a multi-queue attachment was requested" in fails(
         "tun", "attach", name, "--multi-queue", "--seconds", "0"

@@ -42,12 +42,18 @@ def positive_int(text: str) -> int:
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--tap`` and ``--pi``: the kind of device and whether its packets carry a PI header.
+    """Add ``--tap``/``--tun`` and ``--pi``: the kind of device and whether it has a PI header.
 
-    They set ``args.tap`` and ``args.pi`` (both False by default).
+    They set ``args.tap`` and ``args.pi`` (both False by default: TUN, no PI).  ``--tun`` is
+    the default, there to be named: an error about the device being the other kind suggests
+    ``--tap`` or ``--tun`` (see ``minivpn.cli.main``).
     """
-    parser.add_argument(
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument(
         "--tap", action="store_true", help="a TAP device (Ethernet frames), not TUN (IP packets)"
+    )
+    kind.add_argument(
+        "--tun", dest="tap", action="store_false", help="a TUN device (IP packets): the default"
     )
     parser.add_argument(
         "--pi", action="store_true", help="the device has the 4-byte packet-information (PI) header"

@@ -20,6 +20,7 @@ from minivpn import __version__
 from minivpn.cli import argtypes
 from minivpn.cli.closed_pipe import discard_closed_output, run_quietly_on_closed_pipe
 from minivpn.errors import MinivpnError
+from minivpn.tuntap.errors import ModeMismatch
 
 #: Sub-command modules, in the order ``minivpn --help`` lists them.
 COMMAND_MODULES = ("tun", "dump", "tunnel", "keys", "show", "up", "demo")
@@ -71,7 +72,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return handler(args)
     except MinivpnError as exc:
-        _report(str(exc))
+        _report(_with_hint(exc, args))
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -80,7 +81,7 @@ def _main(argv: Sequence[str] | None) -> int:
         user_errors = _user_errors(group)
         if user_errors is None:
             raise
-        for message in dict.fromkeys(str(exc) for exc in user_errors):
+        for message in dict.fromkeys(_with_hint(exc, args) for exc in user_errors):
             _report(message)
         return user_errors[0].exit_code
 
@@ -91,6 +92,15 @@ def _report(message: str) -> None:
         print(f"minivpn: {message}", file=sys.stderr, flush=True)
     except BrokenPipeError:
         discard_closed_output()
+
+
+def _with_hint(exc: MinivpnError, args: argparse.Namespace) -> str:
+    """The error's message, with the option to use when the device is the other kind."""
+    if isinstance(exc, ModeMismatch) and hasattr(args, "tap"):
+        wanted = exc.device_mode.value
+        instead = " instead of --tap" if args.tap else ""
+        return f"{exc} (use --{wanted}{instead})"
+    return str(exc)
 
 
 def _user_errors(group: BaseExceptionGroup[BaseException]) -> list[MinivpnError] | None:

@@ -21,6 +21,7 @@ from minivpn.tuntap.errors import DeviceBusy as DeviceBusy
 from minivpn.tuntap.errors import DeviceGone as DeviceGone
 from minivpn.tuntap.errors import FlagsMismatch as FlagsMismatch
 from minivpn.tuntap.errors import InvalidDeviceName as InvalidDeviceName
+from minivpn.tuntap.errors import ModeMismatch as ModeMismatch
 from minivpn.tuntap.errors import NoSuchDevice as NoSuchDevice
 from minivpn.tuntap.errors import NotATunDevice as NotATunDevice
 from minivpn.tuntap.errors import TunError as TunError

@@ -35,6 +35,7 @@ from minivpn.tuntap.errors import (
     DeviceBusy,
     DeviceGone,
     FlagsMismatch,
+    ModeMismatch,
     NoSuchDevice,
     NotATunDevice,
     TunError,
@@ -236,9 +237,10 @@ def _attach_error(exc: OSError, config: DeviceConfig, action: str) -> TunError:
         if existing is not None:
             actual = DeviceConfig.from_ifr_flags(config.name, existing)
             if actual.mode is not config.mode:
-                return FlagsMismatch(
+                return ModeMismatch(
                     f"cannot {action} {name}: it is a {actual.mode.name} device, "
-                    f"but {config.mode.name} was requested"
+                    f"but {config.mode.name} was requested",
+                    actual.mode,
                 )
             if actual.multi_queue != config.multi_queue:
                 has = "is" if actual.multi_queue else "is not"
