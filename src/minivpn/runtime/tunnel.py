@@ -615,8 +615,7 @@ async def _tcp_connect(tunnel: _Tunnel) -> None:
             hint = " (is the peer listening with --tcp?)" if exc.errno == errno.ECONNREFUSED else ""
             tunnel.complain(
                 "connect",
-                f"cannot connect to {_show(tunnel.config.connect)}: {exc.strerror}{hint}; "
-                "retrying",
+                f"cannot connect to {_show(tunnel.config.connect)}: {exc.strerror}{hint}; retrying",
                 trio.current_time(),
             )
             await trio.sleep(backoff)
