@@ -164,3 +164,21 @@ def test_errors_into_a_closed_stderr_keep_their_status() -> None:
     stdout, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert stdout == ""
+
+
+def test_the_demo_into_a_closed_pipe_still_tears_down() -> None:
+    """``minivpn demo | head -1``: the demo stops at its next line, undoes all, says nothing."""
+    links_before = subprocess.run(
+        ["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.count("\n")
+    closed, _ = _closed_pipe()
+    proc = _start([*MINIVPN, "demo", "--seconds", "1"], "", closed, subprocess.PIPE)
+    os.close(closed)
+    status, stderr = _finish(proc)
+    assert (status, stderr) == (0, "")
+    netns = "/run/netns"
+    assert not [n for n in (os.listdir(netns) if os.path.isdir(netns) else []) if "demo" in n]
+    links_after = subprocess.run(
+        ["ip", "-o", "link", "show"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.count("\n")
+    assert links_after == links_before
