@@ -124,6 +124,7 @@ STEPS = [
     ["minivpn", "tun", "show", INSIDE_TAP, "--json"],
     ["ip", "-details", "-json", "link", "show", "dev", INSIDE_TAP],
     ["minivpn", "tun", "attach", INSIDE_TUN, "--seconds", "0"],
+    ["minivpn", "tun", "attach", INSIDE_TAP, "--multi-queue", "--seconds", "0"],
     ["minivpn", "tun", "show", DECOY],
     ["minivpn", "tun", "del", DECOY],
     ["minivpn", "tun", "del", INSIDE_TUN],
@@ -190,6 +191,10 @@ def check(results: list[dict[str, Any]], *, sysfs_is_outer: bool) -> None:
     assert ok("minivpn", "tun", "attach", INSIDE_TUN, "--seconds", "0") == (
         f"attached to {INSIDE_TUN} (tun, persistent)\ndetached from {INSIDE_TUN}\n"
     )
+    # Telling why an attach failed asks what the device is: a TAP device.
+    assert fails(
+        "minivpn", "tun", "attach", INSIDE_TAP, "--multi-queue", "--seconds", "0"
+    ).endswith("it is a TAP device, but TUN was requested (use --tap)")
     missing = f"minivpn: no network device named '{DECOY}'"
     assert fails("minivpn", "tun", "show", DECOY) == missing
     assert fails("minivpn", "tun", "del", DECOY) == missing
