@@ -170,6 +170,8 @@ async def run_dump(
                         result.packets += 1
                         result.captured += 1
                         emit(_bad_pi(data))
+                    else:
+                        result.filtered_out += 1
                     continue
                 if show(payload, now):
                     result.packets += 1
