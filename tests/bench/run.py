@@ -166,9 +166,7 @@ def _setup_minivpn_tunnel(
 #: Upstream wireguard-go 0.0.20250522 (TUN GSO/GRO offloads), the reference of the ratios;
 #: MINIVPN_WG_GO_2025 names another path.
 WG_GO_2025 = Path(
-    os.environ.get(
-        "MINIVPN_WG_GO_2025", ROOT.parent / "shared/bench/bin/wireguard-go-0.0.20250522"
-    )
+    os.environ.get("MINIVPN_WG_GO_2025", ROOT.parent / "shared/bench/bin/wireguard-go-0.0.20250522")
 )
 
 SETUPS = {

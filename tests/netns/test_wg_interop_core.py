@@ -2,9 +2,9 @@
 
 Each test starts a ``wireguard-go`` (configured with ``wg set`` and ``ip``, stopped by PID at the
 end) and drives a :class:`WireGuardCore` with a small synchronous UDP loop: wait on the socket
-until ``next_deadline()``, feed datagrams to ``receive_datagram``, run ``handle_timer``, send
-what the core asks.  The kernel is on the other side of wireguard-go: it answers our pings, and
-its ``ping`` is answered by us through the core.
+until ``next_deadline()``, feed datagrams to ``decapsulate`` and packets to ``encapsulate``,
+run ``handle_timer``, send what the core asks.  The kernel is on the other side of
+wireguard-go: it answers our pings, and its ``ping`` is answered by us through the core.
 
 Checked: a handshake initiated by each side, ICMP echo both ways through the tunnel, keepalives
 both ways, and the cookie path (we are under load: wireguard-go gets a cookie reply and retries
@@ -32,12 +32,12 @@ from minivpn.framing.responder import answer_untrusted, internet_checksum
 from minivpn.wireguard.core import WireGuardCore
 from minivpn.wireguard.events import (
     Action,
-    DeliverPacket,
     DropReason,
     HandshakeCompleted,
     SendDatagram,
 )
 from minivpn.wireguard.keys import PrivateKey, PublicKey
+from minivpn.wireguard.results import WriteToNetwork, WriteToTunnel
 from minivpn.wireguard.uapi import PeerSet, SetRequest
 
 if TYPE_CHECKING:
@@ -166,17 +166,29 @@ class CoreLoop:
         for action in actions:
             if isinstance(action, SendDatagram):
                 self.sock.sendto(action.data, action.endpoint)
-            elif isinstance(action, DeliverPacket):
-                self.delivered.append(action.packet)
-                if self.responder is not None:
-                    answer = self.responder(action.packet)
-                    if answer is not None:
-                        self.handle(self.core.send_packet(answer, time.monotonic()))
             else:
                 self.events.append(action)
 
     def send(self, packet: bytes) -> None:
-        self.handle(self.core.send_packet(packet, time.monotonic()))
+        out = memoryview(bytearray(65535))
+        result = self.core.encapsulate(packet, out, time.monotonic())
+        if isinstance(result, WriteToNetwork):
+            self.sock.sendto(out[: result.size], result.endpoint)
+        self.handle(self.core.take_actions())
+
+    def receive(self, datagram: bytes, source: tuple[str, int]) -> None:
+        out = memoryview(bytearray(65535))
+        result = self.core.decapsulate(source, datagram, out, time.monotonic())
+        if isinstance(result, WriteToNetwork):
+            self.sock.sendto(out[: result.size], result.endpoint)
+        elif isinstance(result, WriteToTunnel):
+            packet = bytes(out[: result.size])
+            self.delivered.append(packet)
+            if self.responder is not None:
+                answer = self.responder(packet)
+                if answer is not None:
+                    self.send(answer)
+        self.handle(self.core.take_actions())
 
     def pump(self, until: Callable[[], bool], timeout: float) -> None:
         """Run the loop until ``until()`` holds; fail after ``timeout`` seconds."""
@@ -189,7 +201,7 @@ class CoreLoop:
             readable, _, _ = select.select([self.sock], [], [], max(0.0, min(wait, 0.1)))
             if readable:
                 data, addr = self.sock.recvfrom(65535)
-                self.handle(self.core.receive_datagram(data, addr[:2], time.monotonic()))
+                self.receive(data, addr[:2])
             self.handle(self.core.handle_timer(time.monotonic()))
 
     def drops(self) -> dict[str, int]:

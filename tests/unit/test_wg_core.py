@@ -14,7 +14,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_wg_core_harness import (
+from tests.helpers.wgnet import (
     A_ADDRESS,
     A_ADDRESS6,
     A_ENDPOINT,
@@ -24,6 +24,7 @@ from test_wg_core_harness import (
     C_ADDRESS,
     C_ENDPOINT,
     Datagram,
+    Delivered,
     Net,
     a_to_b,
     b_to_a,
@@ -32,13 +33,15 @@ from test_wg_core_harness import (
     ipv4_packet,
     ipv6_packet,
     pair,
+    receive_datagram,
+    send_packet,
 )
 
 from minivpn.wireguard.config import ConfigError, parse_config
 from minivpn.wireguard.cookie import compute_mac1, mac1_key
-from minivpn.wireguard.core import MAX_DATAGRAM_SIZE, WireGuardCore, padded_size
+from minivpn.wireguard.core import WireGuardCore
+from minivpn.wireguard.device import MAX_DATAGRAM_SIZE
 from minivpn.wireguard.events import (
-    DeliverPacket,
     DropReason,
     HandshakeCompleted,
     SendDatagram,
@@ -46,6 +49,8 @@ from minivpn.wireguard.events import (
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from minivpn.wireguard.messages import MACS_SIZE
 from minivpn.wireguard.replay import REJECT_AFTER_MESSAGES, WINDOW_SIZE
+from minivpn.wireguard.results import Dropped, Queued, WriteToNetwork, WriteToTunnel
+from minivpn.wireguard.send import padded_size
 from minivpn.wireguard.timers import MAX_STAGED_PACKETS, REKEY_AFTER_MESSAGES
 from minivpn.wireguard.uapi import AllowedIPChange, PeerSet, SetRequest
 
@@ -200,7 +205,7 @@ def test_sender_indices_are_random_unique_and_never_zero() -> None:
         core.add_peer(key, endpoint=("192.0.2.9", 1), allowed_ips=[f"10.1.{n}.0/24"], now=0.0)
     senders = []
     for n in range(2):
-        actions = core.send_packet(ipv4_packet(A_ADDRESS, bytes([10, 1, n, 1]), b"x"), 0.0)
+        actions = send_packet(core, ipv4_packet(A_ADDRESS, bytes([10, 1, n, 1]), b"x"), 0.0)
         [initiation] = [a for a in actions if isinstance(a, SendDatagram)]
         senders.append(struct.unpack_from("<I", initiation.data, 4)[0])
     assert senders == [7, 9]
@@ -295,7 +300,7 @@ def test_stale_and_replayed_initiations_are_refused() -> None:
         a.key, wall_clock=lambda: net.wall - 3600, rng=random.Random(9).randbytes
     )
     restarted.add_peer(b.public_key, endpoint=B_ENDPOINT, allowed_ips=["10.0.0.2/32"], now=net.now)
-    [stale] = [x for x in restarted.send_packet(a_to_b(), net.now) if isinstance(x, SendDatagram)]
+    [stale] = [x for x in send_packet(restarted, a_to_b(), net.now) if isinstance(x, SendDatagram)]
     net.deliver(Datagram(A_ENDPOINT, B_ENDPOINT, bytes(stale.data)))
     assert net.take_held() == []
     assert b.core.drops[DropReason.REPLAYED_INITIATION] == 2
@@ -308,7 +313,7 @@ def test_initiations_faster_than_one_per_20ms_are_dropped() -> None:
     def fresh_initiation(wall: float) -> Datagram:
         core = WireGuardCore(a.key, wall_clock=lambda: wall, rng=random.Random(wall).randbytes)
         core.add_peer(b.public_key, endpoint=B_ENDPOINT, allowed_ips=["10.0.0.2/32"], now=0.0)
-        [message] = [x for x in core.send_packet(a_to_b(), 0.0) if isinstance(x, SendDatagram)]
+        [message] = [x for x in send_packet(core, a_to_b(), 0.0) if isinstance(x, SendDatagram)]
         return Datagram(A_ENDPOINT, B_ENDPOINT, bytes(message.data))
 
     net.deliver(fresh_initiation(net.wall + 1))
@@ -338,7 +343,8 @@ def _responder_reaction(
 ) -> tuple[list[int], dict[str, int]]:
     """What a fresh B does with an initiation: the types it sends back, its drops."""
     net, _, b = pair(seed=11)
-    actions = b.core.receive_datagram(data, A_ENDPOINT, net.now, under_load=under_load)
+    b.core.under_load = under_load
+    actions = receive_datagram(b.core, data, A_ENDPOINT, net.now)
     sent = [a.data[0] for a in actions if isinstance(a, SendDatagram)]
     return sent, b.drops()
 
@@ -453,10 +459,9 @@ def test_arbitrary_datagrams_never_raise_and_never_deliver(data: bytes, kind: in
         sizes = {1: 148, 2: 92, 3: 64, 4: max(32, len(data))}
         data = (bytes([kind, 0, 0, 0]) + data).ljust(sizes[kind], b"\0")[: sizes[kind]]
     for under_load in (False, True):
-        actions = b.core.receive_datagram(
-            data, ("203.0.113.5", 4444), net.now, under_load=under_load
-        )
-        assert not any(isinstance(x, DeliverPacket) for x in actions)
+        b.core.under_load = under_load
+        actions = receive_datagram(b.core, data, ("203.0.113.5", 4444), net.now)
+        assert not any(isinstance(x, Delivered) for x in actions)
     assert b.peer(a).endpoint == A_ENDPOINT
 
 
@@ -686,28 +691,49 @@ def test_inner_packet_claiming_more_than_it_has_is_dropped() -> None:
     assert b.drops() == {"invalid_inner_packet": 1}
 
 
-def test_fast_paths_match_the_general_api() -> None:
+def test_one_packet_each_way_through_the_per_packet_path() -> None:
     net, a, b = established()
-    packet = a_to_b(b"fast")
-    buffer = bytearray(MAX_DATAGRAM_SIZE)
-    buffer[: len(packet)] = packet
-    out = bytearray(MAX_DATAGRAM_SIZE)
-    result = a.core.encrypt_packet_into(buffer, len(packet), out, net.now)
-    assert result is not None
-    size, endpoint = result
-    assert endpoint == B_ENDPOINT
-    plain = bytearray(MAX_DATAGRAM_SIZE)
-    n = b.core.decrypt_datagram_into_untrusted(memoryview(out)[:size], A_ENDPOINT, plain, net.now)
-    assert bytes(plain[:n]) == packet
-    again = a.core.encrypt_packet(packet, net.now)
-    assert again is not None
-    assert b.core.decrypt_datagram_untrusted(bytes(again[0]), A_ENDPOINT, net.now) == packet
-    # A buffer with no room after the packet still works (the core pads a copy).
-    exact = bytearray(packet)
-    result = a.core.encrypt_packet_into(exact, len(exact), out, net.now)
-    assert result is not None
-    assert exact == packet
-    assert b.core.decrypt_datagram_untrusted(bytes(out[: result[0]]), A_ENDPOINT, net.now) == packet
+    packet = a_to_b(b"one")
+    out = memoryview(bytearray(MAX_DATAGRAM_SIZE))
+    sent = a.core.encapsulate(packet, out, net.now)
+    assert isinstance(sent, WriteToNetwork)
+    assert sent.endpoint == B_ENDPOINT
+    # 20 + 4 bytes of IPv4 packet, padded to 32, behind 16 bytes of header and a 16-byte tag.
+    assert sent.size == 16 + 32 + 16
+    plain = memoryview(bytearray(MAX_DATAGRAM_SIZE))
+    received = b.core.decapsulate(A_ENDPOINT, out[: sent.size], plain, net.now)
+    assert received == WriteToTunnel(len(packet), a.public_key)
+    assert bytes(plain[: received.size]) == packet
+    # The same datagram again is a replay.
+    again = b.core.decapsulate(A_ENDPOINT, out[: sent.size], plain, net.now)
+    assert again == Dropped(DropReason.REPLAYED_COUNTER, a.public_key)
+
+
+def test_encapsulate_leaves_the_packet_as_it_was() -> None:
+    """Padding is written into the core's own buffer, never after the caller's packet."""
+    net, a, b = established()
+    buffer = bytearray(a_to_b(b"x") + b"\xaa" * 40)  # room after the packet
+    packet = memoryview(buffer)[:21]
+    out = memoryview(bytearray(MAX_DATAGRAM_SIZE))
+    sent = a.core.encapsulate(packet, out, net.now)
+    assert isinstance(sent, WriteToNetwork)
+    assert buffer[21:] == b"\xaa" * 40
+    plain = memoryview(bytearray(MAX_DATAGRAM_SIZE))
+    received = b.core.decapsulate(A_ENDPOINT, out[: sent.size], plain, net.now)
+    assert isinstance(received, WriteToTunnel)
+    assert bytes(plain[: received.size]) == bytes(packet)
+
+
+def test_results_say_queued_and_dropped_with_their_reasons() -> None:
+    net, a, b = pair()
+    out = memoryview(bytearray(MAX_DATAGRAM_SIZE))
+    assert a.core.encapsulate(a_to_b(), out, net.now) == Queued(b.public_key)
+    nowhere = ipv4_packet(A_ADDRESS, bytes([10, 9, 9, 9]), b"x")
+    assert a.core.encapsulate(nowhere, out, net.now) == Dropped(DropReason.NO_ROUTE)
+    assert a.core.encapsulate(b"\x45", out, net.now) == Dropped(DropReason.INVALID_INNER_PACKET)
+    assert b.core.decapsulate(A_ENDPOINT, b"\x07" * 40, out, net.now) == Dropped(
+        DropReason.MALFORMED
+    )
 
 
 # --- keypair lifecycle -----------------------------------------------------------------------
@@ -752,7 +778,7 @@ def test_low_order_peer_is_accepted_but_never_sent_anything() -> None:
         core.add_peer(
             key, endpoint=B_ENDPOINT, allowed_ips=["10.0.0.2/32"], persistent_keepalive=1, now=0.0
         )
-        actions = list(core.send_packet(a_to_b(), 0.0)) + list(core.handle_timer(100.0))
+        actions = list(send_packet(core, a_to_b(), 0.0)) + list(core.handle_timer(100.0))
         assert not any(isinstance(x, SendDatagram) for x in actions), text
         assert core.drops[DropReason.LOW_ORDER_KEY] >= 1
         assert core.snapshot().peers[0].public_key == key
@@ -762,12 +788,12 @@ def test_no_private_key_means_no_handshakes() -> None:
     core = WireGuardCore()
     peer_key = PrivateKey.generate(random.Random(4).randbytes)
     core.add_peer(peer_key.public_key(), endpoint=B_ENDPOINT, allowed_ips=["10.0.0.2/32"], now=0.0)
-    assert not [x for x in core.send_packet(a_to_b(), 0.0) if isinstance(x, SendDatagram)]
+    assert not [x for x in send_packet(core, a_to_b(), 0.0) if isinstance(x, SendDatagram)]
     net, a, _ = pair()
     net.hold = True
     net.send(a, a_to_b())
     [initiation] = net.take_held()
-    assert core.receive_datagram(initiation.data, A_ENDPOINT, 0.0) == []
+    assert receive_datagram(core, initiation.data, A_ENDPOINT, 0.0) == []
     assert core.drops[DropReason.NO_PRIVATE_KEY] == 2
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from test_wg_core_harness import (
+from tests.helpers.wgnet import (
     A_ADDRESS,
     A_ENDPOINT,
     WALL_START,
@@ -16,6 +16,7 @@ from test_wg_core_harness import (
     established,
     ipv4_packet,
     pair,
+    send_packet,
 )
 
 from minivpn.wireguard.core import WireGuardCore
@@ -116,7 +117,7 @@ def test_changing_the_private_key_removes_a_peer_with_that_key_and_expires_sessi
     assert a.core.public_key == third.public_key()
     assert not old_keypair.can_send(net.now)
     # The next packet needs a new handshake (which B refuses: it does not know the new key).
-    actions = a.core.send_packet(a_to_b(), net.now)
+    actions = send_packet(a.core, a_to_b(), net.now)
     assert [x.data[0] for x in actions if isinstance(x, SendDatagram)] == [INITIATION]
 
 
@@ -188,7 +189,7 @@ def test_allowed_ip_add_remove_and_replace() -> None:
     assert snapshot.allowed_ips == ("fd00::/64",)
     # The route cache must not remember a prefix that left.
     assert core.allowed_ips.lookup(bytes([10, 0, 0, 5])) is None
-    assert core.send_packet(ipv4_packet(A_ADDRESS, bytes([10, 0, 0, 5]), b"x"), 0.0) == []
+    assert send_packet(core, ipv4_packet(A_ADDRESS, bytes([10, 0, 0, 5]), b"x"), 0.0) == []
     assert core.drops[DropReason.NO_ROUTE] == 1
 
 

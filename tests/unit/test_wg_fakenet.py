@@ -25,14 +25,18 @@ import trio.testing
 
 from minivpn.wireguard.core import WireGuardCore
 from minivpn.wireguard.events import (
-    Action,
-    DeliverPacket,
     DropReason,
     Endpoint,
     HandshakeCompleted,
     SendDatagram,
 )
 from minivpn.wireguard.keys import PrivateKey
+from minivpn.wireguard.results import (
+    Decapsulated,
+    Encapsulated,
+    WriteToNetwork,
+    WriteToTunnel,
+)
 
 WALL_START = 1_700_000_000.0
 ROUNDS = 50
@@ -123,22 +127,26 @@ class FakeNode:
         return totals
 
     async def run(self, router: Router) -> None:
+        """Drive the core as the runtime's plain loops do: one result per call, then actions."""
+        out = memoryview(bytearray(65535))
         while True:
             deadline = self.core.next_deadline()
-            actions: list[Action] = []
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 kind, data, source = await self.mailbox.receive()
                 now = trio.current_time()
+                result: Encapsulated | Decapsulated
                 if kind == "datagram":
-                    actions += self.core.receive_datagram(data, source, now)
+                    result = self.core.decapsulate(source, data, out, now)
                 else:
-                    actions += self.core.send_packet(data, now)
-            actions += self.core.handle_timer(trio.current_time())
+                    result = self.core.encapsulate(data, out, now)
+                if isinstance(result, WriteToNetwork):
+                    router.route(bytes(out[: result.size]), self.endpoint, result.endpoint)
+                elif isinstance(result, WriteToTunnel):
+                    self.delivered.append(bytes(out[20 : result.size]))
+            actions = self.core.handle_timer(trio.current_time())
             for action in actions:
                 if isinstance(action, SendDatagram):
                     router.route(bytes(action.data), self.endpoint, action.endpoint)
-                elif isinstance(action, DeliverPacket):
-                    self.delivered.append(action.packet[20:])
                 elif isinstance(action, HandshakeCompleted):
                     self.handshakes += 1
 

@@ -15,7 +15,7 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_wg_core_harness import (
+from tests.helpers.wgnet import (
     A_ENDPOINT,
     B_ENDPOINT,
     Net,

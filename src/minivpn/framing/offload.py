@@ -1,76 +1,287 @@
-"""Receive-side coalescing of TCP segments for a TUN device with a virtio-net header (sans-IO).
+"""Segmentation and coalescing for a TUN device with a virtio-net header (sans-IO).
 
-Why: writing a packet to a TUN device costs a system call and a trip through the kernel's IP and
-TCP receive path.  A WireGuard peer sends a TCP stream as MTU-sized segments, so a gigabit of
-throughput is ~90,000 such trips a second.  The kernel itself avoids this on real network cards
-with GRO (generic receive offload): consecutive segments of one TCP flow are merged into one
-large "super-packet" before the stack sees them.
+Why: every packet that crosses a TUN device one at a time costs a system call and a trip
+through the kernel's IP and TCP code.  Network cards avoid this with *offloads*, and a TUN
+device opened with ``IFF_VNET_HDR`` offers userspace the same ones.  Every read and write then
+starts with a ``struct virtio_net_hdr`` (10 bytes) that says what the packet behind it really
+is:
 
-A TUN device opened with ``IFF_VNET_HDR`` lets userspace do the same: every write starts with a
-``struct virtio_net_hdr`` (10 bytes), and a super-packet written with ``gso_type`` TCPV4/TCPV6 and
-``gso_size`` = the segment size is taken by the kernel as the sequence of segments it stands
-for.  :func:`coalesce` plans those writes: given the decrypted packets of one batch, in order, it
-returns a list of writes, each a list of buffers for ``os.writev`` -- either one packet as it is
-(behind an all-zero header: "no offload, checksum not checked yet"), or a run of segments merged
-behind one rewritten IP/TCP header.
+* **TSO** (send side, ``TUNSETOFFLOAD`` with ``TUN_F_TSO4|TUN_F_TSO6``): the kernel hands over
+  a TCP *super-packet* of up to 64 KB, one IP and TCP header in front of the payload of many
+  segments, and ``gso_size`` says how long each segment is.  Userspace cuts it into the
+  packets it stands for: :func:`segments`.  (**USO**, ``TUN_F_USO4|TUN_F_USO6``, is the same
+  for UDP.)  The kernel leaves their checksums to be completed (``TUN_F_CSUM``), so a packet
+  may also come with ``VIRTIO_NET_HDR_F_NEEDS_CSUM``: "the checksum starting at
+  ``csum_start`` is yours to finish".
+* **GRO** (receive side): userspace merges consecutive TCP segments of one flow into a
+  super-packet, writes it once, and the kernel's TCP stack takes it in one pass:
+  :func:`coalesce`.
 
-Rules for merging a segment into the current run (the kernel's GRO follows the same ones):
+Header fields (little-endian on every modern kernel)::
 
-* IPv4 without options or fragmentation, or IPv6 with TCP as the next header;
-* same addresses, ports, TOS/traffic class (and IPv6 flow label), DF flag, TTL/hop limit, ACK
-  number, window, urgent pointer, TCP header length and TCP options; only the ACK flag, plus
-  PSH on the last segment of a run;
-* its sequence number continues the run exactly; every segment but the last has the run's
-  segment size; a run stays within 65535 bytes of IP packet.
+    flags       u8    1 = NEEDS_CSUM
+    gso_type    u8    0 none, 1 TCPv4, 4 TCPv6, 5 UDP (plus 0x80: ECN)
+    hdr_len     u16   bytes of headers in front of the payload
+    gso_size    u16   payload bytes per segment
+    csum_start  u16   where the checksummed part starts (the transport header)
+    csum_offset u16   where the checksum is, from csum_start (16 for TCP, 6 for UDP)
 
-The merged header gets the total length, a fresh IPv4 header checksum, and in the TCP checksum
-field the *pseudo-header* sum, with ``VIRTIO_NET_HDR_F_NEEDS_CSUM`` telling the kernel where the
-checksum starts; a packet with that flag counts as already checked when it is delivered locally,
-and has its checksum completed if it is forwarded.  The segments' own TCP checksums are not
-re-verified: they were authenticated, with the rest of each packet, by WireGuard's Poly1305 tag.
-
-Everything here takes and returns bytes/memoryviews; nothing does I/O.
+Everything here takes and returns bytes and memoryviews; nothing does I/O.  docs/offload.md
+walks through both directions.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
+from typing import TYPE_CHECKING, TypeAlias
 
-__all__ = ["VNET_HDR", "VNET_HDR_LEN", "ZERO_VNET_HDR", "coalesce", "vnet_header"]
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
-#: ``struct virtio_net_hdr``: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
-#: (little-endian, the byte order of the machine: virtio is little-endian on modern kernels).
+__all__ = [
+    "VNET_HDR",
+    "VNET_HDR_LEN",
+    "ZERO_VNET_HDR",
+    "OffloadError",
+    "checksum",
+    "coalesce",
+    "ones_complement_sum",
+    "segments",
+]
+
+#: ``struct virtio_net_hdr``: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset.
 VNET_HDR = struct.Struct("<BBHHHH")
 VNET_HDR_LEN = VNET_HDR.size
 #: "Nothing offloaded": the kernel checks the packet's checksums as usual.
 ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 
-_F_NEEDS_CSUM = 1
-_GSO_TCPV4 = 1
-_GSO_TCPV6 = 4
-_TCP_ACK, _TCP_PSH = 0x10, 0x08
+Buffer: TypeAlias = bytes | bytearray | memoryview
+
+NEEDS_CSUM = 1
+GSO_NONE = 0
+GSO_TCPV4 = 1
+GSO_TCPV6 = 4
+GSO_UDP_L4 = 5
+_GSO_ECN = 0x80
 _PROTO_TCP = 6
-#: Offset of the checksum in the TCP header.
-_TCP_CSUM_OFFSET = 16
+_PROTO_UDP = 17
+_TCP_FIN, _TCP_PSH, _TCP_ACK, _TCP_CWR = 0x01, 0x08, 0x10, 0x80
+#: Offsets in the TCP header: sequence number, flags, checksum.
+_TCP_SEQ, _TCP_FLAGS, _TCP_CSUM = 4, 13, 16
+_UDP_LENGTH, _UDP_CSUM = 4, 6
 _MAX_IP_PACKET = 65535
-_IPV4_HEADER = struct.Struct("!10H")
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+#: IPv4 total length and identification (offset 2).
+_IPV4_LENGTH_ID = struct.Struct("!HH")
 
 
-def vnet_header(gso_type: int, header_length: int, segment_size: int, csum_start: int) -> bytes:
-    """A virtio-net header for a TCP super-packet with a partial checksum."""
-    return VNET_HDR.pack(
-        _F_NEEDS_CSUM, gso_type, header_length, segment_size, csum_start, _TCP_CSUM_OFFSET
+class OffloadError(ValueError):
+    """A virtio-net header the kernel should never have written (unknown GSO type...)."""
+
+
+# --- checksums ----------------------------------------------------------------------------------
+#
+# The Internet checksum (RFC 1071) is the ones' complement of the ones' complement sum of the
+# data read as 16-bit big-endian words.  Ones' complement addition is addition modulo 0xFFFF,
+# so any integer congruent to the sum modulo 0xFFFF will do until the end, where it is *folded*
+# into 16 bits.  Python has no fast loop over 16-bit words, but zlib's Adler-32 runs a C loop
+# that adds bytes: its low half is 1 + (sum of the bytes) modulo 65521.  Over at most 256 bytes
+# that sum cannot reach 65521, so it comes out exact.  Split a packet into six strided planes
+# (bytes 0, 6, 12, ...; 1, 7, 13, ...; ...): planes 0, 2, 4 hold the high bytes of the words,
+# planes 1, 3, 5 the low bytes, and each is at most 256 bytes long for up to 1536 bytes of data.
+# Then sum = 256 * (high bytes) + (low bytes).  It costs six slices and six Adler-32 calls, about
+# half of ``int.from_bytes(data, "big") % 0xFFFF``.
+
+
+def _sum_upto_1536(data: bytes) -> int:
+    adler = zlib.adler32
+    high = (
+        (adler(data[0::6]) & 0xFFFF) + (adler(data[2::6]) & 0xFFFF) + (adler(data[4::6]) & 0xFFFF)
     )
+    low = (adler(data[1::6]) & 0xFFFF) + (adler(data[3::6]) & 0xFFFF) + (adler(data[5::6]) & 0xFFFF)
+    return 256 * (high - 3) + (low - 3)  # each Adler-32 started from 1
 
 
-def _fold(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
+def ones_complement_sum(data: Buffer) -> int:
+    """The sum of ``data`` read as 16-bit big-endian words (an odd last byte is padded).
+
+    Returns:
+        A non-negative integer congruent to the ones' complement sum modulo 0xFFFF (unfolded:
+        add more sums to it, then :func:`checksum` it).
+    """
+    size = len(data)
+    if size <= 128:
+        # A header: the data as one big number is congruent to the sum of its 16-bit words
+        # modulo 0xFFFF, since 0x10000 is 1 modulo 0xFFFF.
+        value = int.from_bytes(data, "big")
+        return value << 8 if size & 1 else value
+    if size <= 1536:
+        return _sum_upto_1536(bytes(data))
+    blob = bytes(data)
+    return sum(_sum_upto_1536(blob[start : start + 1536]) for start in range(0, len(blob), 1536))
+
+
+def checksum(total: int) -> int:
+    """The Internet checksum for the unfolded sum ``total`` (of non-zero data).
+
+    Folding a non-zero sum gives 1..0xFFFF (ones' complement addition of non-zero words never
+    gives +0), and the checksum is its complement.  ``total`` may be negative (sums subtracted).
+    """
+    folded = total % 0xFFFF
+    return 0xFFFF ^ (folded or 0xFFFF)
+
+
+# --- the send side: cutting super-packets -------------------------------------------------------
+
+
+def segments(frame: memoryview) -> Iterator[memoryview]:
+    """The packets one read from the TUN device stands for.
+
+    The packets are written in place: each segment's headers go right in front of its
+    payload, over the tail of the previous segment's payload, so ``frame`` is changed and a
+    packet is only valid until the next one is asked for.
+
+    Args:
+        frame: one read: a virtio-net header, then a packet or a super-packet.
+
+    Yields:
+        Each packet, as the kernel would have sent it without the offload: checksums complete,
+        lengths, IPv4 identifications and TCP sequence numbers in order, FIN and PSH only on the
+        last segment, CWR only on the first.
+
+    Raises:
+        OffloadError: the header asks for something impossible (an unknown GSO type, offsets
+            outside the packet).
+    """
+    flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(frame)
+    packet = frame[VNET_HDR_LEN:]
+    gso_type &= ~_GSO_ECN
+    if gso_type == GSO_NONE:
+        if flags & NEEDS_CSUM:
+            _complete_checksum(packet, csum_start, csum_offset)
+        yield packet
+    elif gso_type in (GSO_TCPV4, GSO_TCPV6):
+        yield from _split_tcp(packet, csum_start, gso_size)
+    elif gso_type == GSO_UDP_L4:
+        yield from _split_udp(packet, csum_start, gso_size)
+    else:
+        raise OffloadError(f"unknown GSO type {gso_type}")
+
+
+def _complete_checksum(packet: memoryview, start: int, offset: int) -> None:
+    """Finish a partial checksum: the field holds the pseudo-header's sum already."""
+    where = start + offset
+    if not start or where + 2 > len(packet):
+        raise OffloadError(f"checksum at {start}+{offset} is outside a {len(packet)}-byte packet")
+    value = checksum(ones_complement_sum(packet[start:]))
+    if offset == _UDP_CSUM and value == 0:
+        value = 0xFFFF  # a computed UDP checksum of 0 is sent as all ones (RFC 768)
+    _U16.pack_into(packet, where, value)
+
+
+def _headers(packet: memoryview, ip_len: int) -> tuple[int, int]:
+    """(the pseudo-header's address sum, IP version 4 or 6) of a packet."""
+    if ip_len == 0 or len(packet) < ip_len:
+        raise OffloadError("a super-packet without an IP header")
+    version = packet[0] >> 4
+    if version == 4:
+        return ones_complement_sum(packet[12:20]), 4
+    if version == 6:
+        return ones_complement_sum(packet[8:40]), 6
+    raise OffloadError(f"a super-packet of IP version {version}")
+
+
+def _split_tcp(packet: memoryview, ip_len: int, mss: int) -> Iterator[memoryview]:
+    """Cut a TCP super-packet into segments of ``mss`` payload bytes (the kernel's rules)."""
+    address_sum, version = _headers(packet, ip_len)
+    tcp_len = (packet[ip_len + 12] >> 4) * 4
+    hdr_len = ip_len + tcp_len
+    if tcp_len < 20 or hdr_len > len(packet) or mss == 0:
+        raise OffloadError("a TCP super-packet with a broken header or no segment size")
+    template = bytes(packet[:hdr_len])  # the headers, before the segments overwrite them
+    first_seq = _U32.unpack_from(template, ip_len + _TCP_SEQ)[0]
+    first_flags = template[ip_len + _TCP_FLAGS]
+    first_id = _U16.unpack_from(template, 4)[0]
+    # The checksummed fields that stay the same from segment to segment, summed once: the
+    # IPv4 header without length, identification and checksum; the TCP header without
+    # sequence number, flags and checksum; the pseudo-header's addresses and protocol.
+    if version == 4:
+        ip_sum = ones_complement_sum(template[:2] + template[6:10] + template[12:ip_len])
+    tcp_template = bytearray(template[ip_len:])
+    tcp_template[_TCP_SEQ : _TCP_SEQ + 4] = bytes(4)
+    tcp_template[_TCP_FLAGS] = 0
+    tcp_template[_TCP_CSUM : _TCP_CSUM + 2] = bytes(2)
+    tcp_sum = ones_complement_sum(tcp_template) + address_sum + _PROTO_TCP
+    payload_len = len(packet) - hdr_len
+    count = max(1, -(-payload_len // mss))
+    for index in range(count):
+        start = hdr_len + index * mss  # where this segment's payload starts
+        size = min(mss, payload_len - index * mss)
+        base = start - hdr_len
+        if index:
+            packet[base:start] = template
+        flags = first_flags
+        if index != count - 1:
+            flags &= ~(_TCP_FIN | _TCP_PSH)
+        if index:
+            flags &= ~_TCP_CWR
+        seq = (first_seq + index * mss) & 0xFFFFFFFF
+        segment_len = tcp_len + size
+        if version == 4:
+            ident = (first_id + index) & 0xFFFF
+            _IPV4_LENGTH_ID.pack_into(packet, base + 2, hdr_len + size, ident)
+            _U16.pack_into(packet, base + 10, checksum(ip_sum + hdr_len + size + ident))
+        else:
+            _U16.pack_into(packet, base + 4, segment_len)
+        _U32.pack_into(packet, base + ip_len + _TCP_SEQ, seq)
+        packet[base + ip_len + _TCP_FLAGS] = flags
+        total = (
+            tcp_sum + segment_len + seq + flags + ones_complement_sum(packet[start : start + size])
+        )
+        _U16.pack_into(packet, base + ip_len + _TCP_CSUM, checksum(total))
+        yield packet[base : start + size]
+
+
+def _split_udp(packet: memoryview, ip_len: int, size: int) -> Iterator[memoryview]:
+    """Cut a UDP super-packet into datagrams of ``size`` payload bytes (USO)."""
+    address_sum, version = _headers(packet, ip_len)
+    hdr_len = ip_len + 8
+    if hdr_len > len(packet) or size == 0:
+        raise OffloadError("a UDP super-packet with a broken header or no segment size")
+    template = bytes(packet[:hdr_len])
+    first_id = _U16.unpack_from(template, 4)[0]
+    if version == 4:
+        ip_sum = ones_complement_sum(template[:2] + template[6:10] + template[12:ip_len])
+    ports_sum = ones_complement_sum(template[ip_len : ip_len + 4]) + address_sum + _PROTO_UDP
+    payload_len = len(packet) - hdr_len
+    count = max(1, -(-payload_len // size))
+    for index in range(count):
+        start = hdr_len + index * size
+        length = min(size, payload_len - index * size)
+        base = start - hdr_len
+        if index:
+            packet[base:start] = template
+        udp_len = 8 + length
+        if version == 4:
+            ident = (first_id + index) & 0xFFFF
+            _IPV4_LENGTH_ID.pack_into(packet, base + 2, hdr_len + length, ident)
+            _U16.pack_into(packet, base + 10, checksum(ip_sum + hdr_len + length + ident))
+        else:
+            _U16.pack_into(packet, base + 4, udp_len)
+        _U16.pack_into(packet, base + ip_len + _UDP_LENGTH, udp_len)
+        # The length counts twice: in the pseudo-header and in the UDP header.
+        total = ports_sum + 2 * udp_len + ones_complement_sum(packet[start : start + length])
+        _U16.pack_into(packet, base + ip_len + _UDP_CSUM, checksum(total) or 0xFFFF)
+        yield packet[base : start + length]
+
+
+# --- the receive side: merging segments ---------------------------------------------------------
 
 
 def _tcp_offsets(packet: memoryview) -> tuple[int, int] | None:
-    """(IP header length, TCP header length) if *packet* may join a run, else None."""
+    """(IP header length, TCP header length) if *packet* may start a run, else None."""
     size = len(packet)
     first = packet[0]
     if first == 0x45:  # IPv4, no options
@@ -118,15 +329,29 @@ _FLOW_MASKS = {
 }
 
 
-def coalesce(packets: list[memoryview]) -> list[list[bytes | bytearray | memoryview]]:
-    """Plan the writes for a batch of IP packets, merging TCP runs.
+def coalesce(packets: list[memoryview]) -> list[list[Buffer]]:
+    """Plan the writes for a batch of IP packets, merging TCP runs into super-packets.
 
-    The first segment of a run is checked field by field (:func:`_tcp_offsets`); each next
-    one with a single comparison: its header, read as one number and masked
-    (:func:`_flow_mask`), must equal the first one's, and its sequence number must continue
-    the run.  (Checking the fields one by one for every segment, with a memoryview slice per
-    field, cost 1.8-2.1 us a segment of a 44-segment run; this costs 0.64 us, measured with
-    ``timeit`` on the same machine.)
+    A segment joins the run in front of it when the kernel's own GRO would merge it:
+
+    * IPv4 without options or fragmentation, or IPv6 with TCP as the next header;
+    * same addresses, ports, TOS/traffic class (and IPv6 flow label), DF flag, TTL/hop limit,
+      ACK number, window, urgent pointer, TCP header length and options; only the ACK flag,
+      plus PSH on the last segment of a run;
+    * its sequence number continues the run exactly, and so does its IPv4 identification;
+      every segment but the last has the run's segment size; a run stays within 65535 bytes.
+
+    The first segment is checked field by field (:func:`_tcp_offsets`); each next one with a
+    single comparison: its header, read as one number and masked (:func:`_flow_mask`), must
+    equal the first one's.  (Checking the fields one by one, with a memoryview slice per
+    field, cost 1.8-2.1 us a segment of a 44-segment run; this costs 0.64 us.)
+
+    The merged header gets the total length and a fresh IPv4 header checksum, and its TCP
+    checksum is the one of the whole super-packet, worked out from the segments' own
+    checksums without reading their payloads (:func:`_merged`).  The virtio-net header does
+    *not* say NEEDS_CSUM, so the kernel verifies that checksum over the whole payload before
+    it takes the data, as it would verify each segment written alone: a segment damaged
+    before it was encrypted is refused, with its run.
 
     Args:
         packets: decrypted IP packets, in the order they arrived.  The views must stay valid
@@ -136,7 +361,7 @@ def coalesce(packets: list[memoryview]) -> list[list[bytes | bytearray | memoryv
         One list of buffers per write, for ``os.writev(fd, buffers)``; the first buffer of each
         is its virtio-net header.
     """
-    writes: list[list[bytes | bytearray | memoryview]] = []
+    writes: list[list[Buffer]] = []
     count = len(packets)
     i = 0
     while i < count:
@@ -156,9 +381,12 @@ def coalesce(packets: list[memoryview]) -> list[list[bytes | bytearray | memoryv
             mask = _FLOW_MASKS[offsets]
             header = int.from_bytes(first[:header_len], "big")
             key = header & mask
-            # The sequence number's position in that number, counted from the right.
+            # Where the sequence number and the IPv4 identification sit in that number,
+            # counted from the right.
             seq_shift = (tcp_len - 8) * 8
+            id_shift = (header_len - 6) * 8
             expected = ((header >> seq_shift) + segment) & 0xFFFFFFFF
+            expected_id = ((header >> id_shift) + 1) & 0xFFFF
             while j < count:
                 nxt = packets[j]
                 size = len(nxt) - header_len
@@ -167,6 +395,10 @@ def coalesce(packets: list[memoryview]) -> list[list[bytes | bytearray | memoryv
                 header = int.from_bytes(nxt[:header_len], "big")
                 if header & mask != key or (header >> seq_shift) & 0xFFFFFFFF != expected:
                     break
+                if ip_len == 20:
+                    if (header >> id_shift) & 0xFFFF != expected_id:
+                        break
+                    expected_id = (expected_id + 1) & 0xFFFF
                 total += size
                 expected = (expected + size) & 0xFFFFFFFF
                 j += 1
@@ -177,52 +409,54 @@ def coalesce(packets: list[memoryview]) -> list[list[bytes | bytearray | memoryv
             writes.append([ZERO_VNET_HDR, first])
             i += 1
             continue
-        writes.append(
-            _merged(
-                packets,
-                i,
-                j,
-                ip_len=ip_len,
-                header_len=header_len,
-                segment=segment,
-                total=total,
-                flags=flags,
-            )
-        )
+        writes.append(_merged(packets[i:j], ip_len=ip_len, header_len=header_len, total=total))
         i = j
     return writes
 
 
-def _merged(
-    packets: list[memoryview],
-    start: int,
-    end: int,
-    *,
-    ip_len: int,
-    header_len: int,
-    segment: int,
-    total: int,
-    flags: int,
-) -> list[bytes | bytearray | memoryview]:
-    """The writev buffers of packets[start:end] merged behind one header."""
-    header = bytearray(packets[start][:header_len])
-    tcp_length = header_len - ip_len + total
+def _merged(run: list[memoryview], *, ip_len: int, header_len: int, total: int) -> list[Buffer]:
+    """The writev buffers of a run of segments merged behind one header.
+
+    The TCP checksum of the merged packet covers its pseudo-header, its TCP header and all the
+    payloads.  Each segment's checksum field already tells the sum of its own pseudo-header,
+    header and payload (its complement does), so the payloads' sum is the segments' sums minus
+    their pseudo-headers and headers -- arithmetic on the headers alone; the kernel then checks
+    the result against the bytes.
+    """
+    first = run[0]
+    segment = len(first) - header_len
+    tcp_header_len = header_len - ip_len
+    address_sum = ones_complement_sum(first[12:20] if ip_len == 20 else first[8:40])
+    # A segment's checksum is right when pseudo-header + TCP header (checksum field included)
+    # + payload sums to 0 (modulo 0xFFFF), so its payload sums to minus the other two.  A
+    # payload that lands at an odd offset of the merged payload (after segments of an odd
+    # size) has its bytes swapped in the 16-bit words, which multiplies its sum by 256.
+    payload_sum = 0
+    for index, packet in enumerate(run):
+        tcp_len = len(packet) - ip_len
+        header_sum = ones_complement_sum(packet[ip_len:header_len])
+        own = address_sum + _PROTO_TCP + tcp_len + header_sum
+        payload_sum -= own << 8 if index & segment & 1 else own
+    header = bytearray(first[:header_len])
+    header[ip_len + 13] = run[-1][ip_len + 13]  # PSH of the last segment, if it had one
+    header[ip_len + _TCP_CSUM : ip_len + _TCP_CSUM + 2] = bytes(2)
+    tcp_length = tcp_header_len + total
     if ip_len == 20:
-        struct.pack_into("!H", header, 2, header_len + total)
-        header[10:12] = b"\0\0"
-        header_sum = _fold(sum(_IPV4_HEADER.unpack_from(header)))
-        struct.pack_into("!H", header, 10, ~header_sum & 0xFFFF)
-        pseudo = sum(struct.unpack_from("!4H", header, 12)) + _PROTO_TCP + tcp_length
-        gso_type = _GSO_TCPV4
+        _U16.pack_into(header, 2, header_len + total)
+        header[10:12] = bytes(2)
+        _U16.pack_into(header, 10, checksum(ones_complement_sum(header[:20])))
+        gso_type = GSO_TCPV4
     else:
-        struct.pack_into("!H", header, 4, tcp_length)
-        pseudo = sum(struct.unpack_from("!16H", header, 8)) + _PROTO_TCP + tcp_length
-        gso_type = _GSO_TCPV6
-    header[ip_len + 13] = flags  # PSH of the last segment, if it had one
-    struct.pack_into("!H", header, ip_len + _TCP_CSUM_OFFSET, _fold(pseudo))
-    buffers: list[bytes | bytearray | memoryview] = [
-        vnet_header(gso_type, header_len, segment, ip_len),
-        header,
-    ]
-    buffers.extend(packets[k][header_len:] for k in range(start, end))
+        _U16.pack_into(header, 4, tcp_length)
+        gso_type = GSO_TCPV6
+    whole = (
+        address_sum
+        + _PROTO_TCP
+        + tcp_length
+        + ones_complement_sum(header[ip_len:header_len])
+        + payload_sum
+    )
+    _U16.pack_into(header, ip_len + _TCP_CSUM, checksum(whole))
+    buffers: list[Buffer] = [VNET_HDR.pack(0, gso_type, header_len, segment, 0, 0), header]
+    buffers.extend(packet[header_len:] for packet in run)
     return buffers

@@ -453,9 +453,13 @@ def open_interface(
             be made.
         TunError: the device cannot be created or attached (its subclasses say why).
     """
+    # The offload engine reads and writes behind a virtio-net header; the plain loop without.
+    from minivpn.runtime.vpn import OffloadMode, offload_mode
+
+    vnet_hdr = offload_mode() is not OffloadMode.OFF
     uapi = prepare_socket(name, socket_dir)
     try:
-        fd, actual_name, flags = open_device(name, Mode.TUN, vnet_hdr=True, exclusive=exclusive)
+        fd, actual_name, flags = open_device(name, Mode.TUN, vnet_hdr=vnet_hdr, exclusive=exclusive)
     except DeviceBusy as exc:
         uapi.close()
         if exclusive:
@@ -473,7 +477,7 @@ def open_interface(
         uapi.close()
         raise
     config = DeviceConfig(
-        name=actual_name, mode=Mode.TUN, pi=False, multi_queue=False, vnet_hdr=True
+        name=actual_name, mode=Mode.TUN, pi=False, multi_queue=False, vnet_hdr=vnet_hdr
     )
     return Interface(name, uapi, config, flags, fd)
 

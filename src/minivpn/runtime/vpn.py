@@ -5,47 +5,42 @@ The runtime decides *when* things happen and moves bytes; the core decides *what
 
     run_interface
     └── nursery
-        ├── device_to_network     TUN fd readable -> drain: read, core.encrypt_packet_into,
-        │                         gather same-size datagrams -> one sendmsg (UDP GSO)
+        ├── device_to_network     TUN fd readable -> read -> core.encapsulate -> UDP send
         ├── sockets (restartable, for `wg set listen-port`)
-        │   ├── network_to_device[IPv4]   socket readable -> drain: recvmsg (UDP GRO: many
-        │   └── network_to_device[IPv6]   datagrams at once) -> core.decrypt_batch_into ->
-        │                                 coalesce TCP segments -> writev to the TUN (vnet GRO)
-        │                                 -> drain the TUN like device_to_network (answers)
+        │   ├── network_to_device[IPv4]   socket readable -> receive -> core.decapsulate
+        │   └── network_to_device[IPv6]                   -> TUN write (or a reply: UDP send)
         ├── timers                sleep until core.next_deadline() -> core.handle_timer(now)
         ├── serve_uapi            `wg` talks to /var/run/wireguard/NAME.sock
-        ├── watch_socket_path     the socket file removed -> the interface stops
-        └── watch_link            link up/down, MTU
+        ├── stop_when_removed     the socket file removed -> the interface stops
+        ├── watch_link            link up/down, MTU
+        └── report_on_signal      SIGUSR1 -> counters in the log
 
 Any task failing cancels the whole nursery, so an interface is never left half alive.
 
-Fast paths (measured; see docs/performance.md):
+The two data tasks come in two versions, chosen once at start-up (:func:`offload_mode`, and
+whether the device was opened with a virtio-net header) and logged:
 
-* The TUN device is opened with ``IFF_VNET_HDR`` but without offloads, so the kernel hands over
-  plain MTU-sized packets behind a zero header; what it gains is on the way *in*: decrypted
-  TCP segments of one flow are merged (:func:`minivpn.framing.offload.coalesce`) and written as
-  one super-packet, which the kernel's TCP stack takes in one pass.
-* Outgoing datagrams of one batch that go to the same peer and have the same size are sent with
-  one ``sendmsg`` and ``UDP_SEGMENT``: the kernel cuts them apart (UDP GSO).
-* ``UDP_GRO`` lets one ``recvmsg`` return a batch of datagrams from one sender, and the core
-  decrypts its data messages in one call (per-peer bookkeeping once per batch, not per packet).
-* Every fd is drained until ``BlockingIOError`` (or a batch limit, then the task yields) before
-  the task waits again, and the buffers are allocated once.  The packets decrypted in one
-  wake-up are coalesced and written together, so TCP runs can span several receives.
-* A lone packet is never held back: a run is sent as soon as a read finds the TUN empty, and
-  packets are written as soon as the socket is empty.
-* What the kernel answers to a packet we write (a ping reply, TCP's ACKs) is already in the TUN
-  when the write returns: the receive task sends it in the same turn (:class:`_Outbound` is
-  shared), one pass through trio's scheduler less per answer.
+* **one packet at a time** (:func:`_plain_device_to_network`, :func:`_plain_network_to_device`):
+  one read, one ``encapsulate``, one send; one receive, one ``decapsulate``, one write.  This is
+  the per-packet path as docs/vpn.md walks through it, and what runs with
+  ``MINIVPN_OFFLOAD=off`` or when the kernel offers no virtio-net header;
+* **the offload engine** (:class:`~minivpn.offload_engine.OffloadEngine`, the default): the same
+  calls to the core, in batches -- trains of datagrams sent with one ``sendmsg`` (UDP GSO),
+  trains received with one ``recvmsg`` (UDP GRO), TCP segments merged into super-packets for one
+  ``writev``, optionally TCP super-packets read from the TUN device (TSO) -- and, after every
+  write to the TUN device, the kernel's answers sent in the same turn
+  (:meth:`_Interface.drain_tun`).  docs/offload.md explains each; docs/performance.md has the
+  measurements.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
+import fcntl
 import logging
 import math
-import mmap
 import os
 import signal
 import socket
@@ -56,10 +51,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from minivpn.framing.offload import VNET_HDR_LEN, coalesce
+from minivpn.framing.offload import VNET_HDR_LEN, ZERO_VNET_HDR, OffloadError
+from minivpn.offload_engine import MAX_DATAGRAM, OffloadEngine, lazy_buffer
 from minivpn.runtime import sticky
 from minivpn.runtime.uapi_server import UapiSocket, serve_uapi, watch_socket_path
+from minivpn.tuntap.aio import READ_SIZE
 from minivpn.tuntap.errors import TunError
+from minivpn.tuntap.ioctl import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD
 from minivpn.wireguard.events import (
     Action,
     FwmarkChanged,
@@ -68,50 +66,78 @@ from minivpn.wireguard.events import (
     ListenPortChanged,
     SendDatagram,
 )
+from minivpn.wireguard.results import WriteToNetwork, WriteToTunnel
 from minivpn.wireguard.uapi import EADDRINUSE
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from minivpn.tuntap.aio import TunDevice
     from minivpn.wireguard.core import WireGuardCore
     from minivpn.wireguard.keys import PublicKey
     from minivpn.wireguard.uapi import DeviceSnapshot, SetRequest
 
-__all__ = ["VpnError", "run_interface"]
+__all__ = ["DEFAULT_OFFLOAD", "OffloadMode", "VpnError", "offload_mode", "run_interface"]
 
 log = logging.getLogger("minivpn.vpn")
 
 SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h: send one buffer as several datagrams of this size
 UDP_GRO = 104  # linux/udp.h: receive a train of datagrams as one buffer
-#: Packets read from the TUN before the task yields to the others.
+#: TUN offloads for UDP super-packets (linux/if_tun.h, kernel 6.2 and later).
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+#: Reads (or receives) a data task makes before it yields to the others.
 BATCH = 64
-#: Largest UDP payload (and the most a GRO receive returns at once).
-MAX_DATAGRAM = 65535
-#: Most bytes and datagrams one UDP GSO send may carry (the kernel's limits: the whole must fit
-#: one IP packet, and at most UDP_MAX_SEGMENTS = 64 segments).
-GSO_MAX_BYTES = 65000
-GSO_MAX_SEGMENTS = 64
 SOCKET_BUFFER = 8 << 20
-#: Room for the decrypted packets of one wake-up of a socket task (about 180 full-size
-#: packets, 1-2 ms of work); when it is full they are written and the task yields.
-PLAIN_ROOM = 4 * MAX_DATAGRAM
-#: The type byte of a transport data message.
-_DATA_MESSAGE = 4
+#: The type bytes of the handshake messages that cost Diffie-Hellman work.
+_HANDSHAKE_TYPES = (1, 2)
 #: Seconds of CPU time that handshake messages may take in each one-second window before the
-#: device counts as "under load" for the rest of the window (see _Interface.handle_handshake).
+#: device counts as "under load" for the rest of the window (_Interface.start_handshake_work).
 HANDSHAKE_TIME_BUDGET = 0.25
 _GSO_SIZE = struct.Struct("=H")
-_PROBE_PACKET = bytes(VNET_HDR_LEN) + b"\x40"  # see _link_is_up
+#: The smallest packet that gets as far as the IP layer: one byte claiming IPv4 (_link_is_up).
+_PROBE_PACKET = b"\x40"
 
 
 class VpnError(TunError):
     """The interface cannot start or go on (port in use, device trouble)."""
 
 
+class OffloadMode(enum.Enum):
+    """How the data tasks move packets (``MINIVPN_OFFLOAD``; docs/offload.md)."""
+
+    #: One packet at a time: the per-packet path alone, no virtio-net header.
+    OFF = "off"
+    #: The offload engine: UDP GSO and GRO, coalesced TUN writes; the TUN device hands over
+    #: packets of at most the MTU.
+    BATCH = "batch"
+    #: The offload engine, and TCP (and UDP) super-packets read from the TUN device.
+    TSO = "tso"
+
+
+#: What runs when MINIVPN_OFFLOAD is not set (docs/performance.md has the measurements).
+DEFAULT_OFFLOAD = OffloadMode.BATCH
+
+
+def offload_mode() -> OffloadMode:
+    """The offload mode ``MINIVPN_OFFLOAD`` asks for (off, batch, tso), or the default.
+
+    Raises:
+        VpnError: the variable holds something else.
+    """
+    value = os.environ.get("MINIVPN_OFFLOAD", "").strip().lower()
+    if not value:
+        return DEFAULT_OFFLOAD
+    try:
+        return OffloadMode(value)
+    except ValueError:
+        choices = ", ".join(mode.value for mode in OffloadMode)
+        raise VpnError(f"MINIVPN_OFFLOAD={value!r}: expected one of {choices}") from None
+
+
 class _Interface:
-    """The runtime state of one interface: device, sockets, core, and the batching buffers."""
+    """The runtime state of one interface: device, sockets, core, and the offload engine."""
 
     def __init__(self, device: TunDevice, core: WireGuardCore) -> None:
         self.device = device
@@ -124,9 +150,11 @@ class _Interface:
         self.handshake_window_start = -math.inf
         self.handshake_seconds = 0.0  # CPU time spent on handshake messages in the window
         self.socket_scope: trio.CancelScope | None = None
-        self.outbound = _Outbound(self)
-
-    # -- sockets ------------------------------------------------------------------------------
+        self.engine = OffloadEngine(core, send=self.send_train, write=self.write_packet)
+        # The engine's TUN read buffer: a virtio-net header, then up to 64 KiB.
+        self.frame = lazy_buffer(VNET_HDR_LEN + MAX_DATAGRAM)
+        self.read_into = [self.frame]  # os.readv's argument, built once
+        self.bad_frames = 0  # reads whose virtio-net header made no sense
 
     def bind(self, port: int) -> None:
         """Open the IPv4 and IPv6 UDP sockets on *port* (any free port if 0).
@@ -243,10 +271,8 @@ class _Interface:
 
     # -- load ---------------------------------------------------------------------------------
 
-    def handle_handshake(
-        self, datagram: memoryview, source: tuple[str, int], out: memoryview
-    ) -> int:
-        """Process a handshake initiation or response, within the handshakes' time budget.
+    def start_handshake_work(self) -> float:
+        """Decide "under load" before handshake messages are processed; returns a CPU stamp.
 
         A handshake message costs Diffie-Hellman operations (about 0.3 ms of CPU here), and
         data packets wait meanwhile: one thread does everything.  So handshake messages get
@@ -259,9 +285,6 @@ class _Interface:
         count of handshake messages per second this runtime used before (128 a second, 4% of
         the budget) answered 0 of 1000 initiations a second, against 600-900 now
         (``tests/bench/handshakes.py``, docs/performance.md).
-
-        Returns:
-            What :meth:`WireGuardCore.decrypt_datagram_into_untrusted` returns (0: no packet).
         """
         now = trio.current_time()
         if now - self.handshake_window_start >= 1.0:
@@ -269,10 +292,90 @@ class _Interface:
             self.handshake_seconds = 0.0
         self.core.under_load = self.handshake_seconds >= HANDSHAKE_TIME_BUDGET
         # CPU time, not wall-clock time: being preempted by other processes is not our cost.
-        started = time.thread_time()
-        size = self.core.decrypt_datagram_into_untrusted(datagram, source, out, now)
+        return time.thread_time()
+
+    def end_handshake_work(self, started: float) -> None:
+        """Charge the CPU time since :meth:`start_handshake_work` to the handshake budget."""
         self.handshake_seconds += time.thread_time() - started
-        return size
+
+    # -- moving packets -----------------------------------------------------------------------
+
+    def write_to_tun(self, packet: bytes | bytearray | memoryview) -> None:
+        """Write one packet (the plain loop); notice the link going down."""
+        down_before = self.device.stats.dropped_link_down
+        if not self.device.write_nowait(packet):
+            self._write_refused(down_before)
+
+    def write_packet(self, buffers: list[bytes | bytearray | memoryview]) -> None:
+        """Write one packet gathered from buffers, a virtio-net header first (the engine)."""
+        down_before = self.device.stats.dropped_link_down
+        if not self.device.writev_nowait(buffers):
+            self._write_refused(down_before)
+
+    def _write_refused(self, down_before: int) -> None:
+        if self.link_up and self.device.stats.dropped_link_down != down_before:
+            self.link_up = False
+            log.info("link %s is down: dropping packets for it", self.device.name)
+
+    def send_train(self, datagrams: memoryview, size: int, endpoint: tuple[str, int]) -> None:
+        """Send back-to-back datagrams of ``size`` bytes with one ``sendmsg`` (UDP GSO)."""
+        sock = self.socket_for(endpoint)
+        if sock is None:
+            return
+        end = len(datagrams)
+        try:
+            # sticky.send answers from the local address the peer wrote to (sticky.py).
+            if end <= size:
+                sticky.send(sock, datagrams, endpoint)
+            elif self.gso:
+                gso = (SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))
+                sticky.send(sock, datagrams, endpoint, [gso])
+            else:
+                for offset in range(0, end, size):
+                    sticky.send(sock, datagrams[offset : offset + size], endpoint)
+        except OSError as exc:
+            if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT) and self.gso:
+                log.info("UDP GSO refused (%s): sending datagrams one by one", exc.strerror)
+                self.gso = False
+                self.send_train(datagrams, size, endpoint)
+            else:
+                _log_send_error(exc, endpoint)
+
+    def drain_tun(self, now: float) -> None:
+        """Read the TUN device until it is empty (or BATCH reads), through the engine.
+
+        Past BATCH reads it stops only between trains, so that a busy device still gives full
+        UDP GSO sends (stopping at exactly 64 sent 44 + 20 datagrams at MTU 1420: 40% more
+        ``sendmsg`` calls than full trains, and smaller batches for the receiver).
+        """
+        engine = self.engine
+        reads = 0
+        while reads < BATCH or engine.gathering:
+            reads += 1
+            # os.readv on the fd, not device.read_nowait_into: two calls less per packet.
+            try:
+                size = os.readv(self.device.fileno(), self.read_into)
+            except BlockingIOError:
+                break
+            except OSError:
+                # The device's own read turns the error into the right exception
+                # (DeviceGone...), or reads a packet after all.
+                size = self.device.read_nowait_into(self.frame)
+                if size == 0:
+                    break
+            if size <= VNET_HDR_LEN:
+                continue
+            try:
+                engine.packets_from_tun(self.frame[:size], now)
+            except OffloadError as exc:
+                self.bad_frames += 1
+                log.debug("dropped a read from %s: %s", self.device.name, exc)
+        engine.send_trains()
+        actions = self.core.take_actions()
+        if actions:
+            self.carry_out(actions)
+        else:
+            self.poke_timers()
 
 
 def _short(key: PublicKey) -> str:
@@ -320,7 +423,8 @@ async def run_interface(
     """Run one interface until cancelled or until its UAPI socket file is removed.
 
     Args:
-        device: the TUN device, opened with ``vnet_hdr=True``.
+        device: the TUN device; opened with ``vnet_hdr=True``, the data path goes through
+            the offload engine, else one packet at a time.
         core: the protocol state (configured from a file, or empty and configured via UAPI).
         uapi_listener: the UAPI socket for ``wg`` (:func:`prepare_socket`'s result, which also
             gives the path to watch), a listening UNIX socket, or None.
@@ -340,10 +444,21 @@ async def run_interface(
     with contextlib.suppress(TunError):
         core.mtu = device.mtu()
     iface.bind(core.listen_port)
+    device_to_network: Callable[[_Interface], Awaitable[None]]
+    network_to_device: Callable[[_Interface, socket.socket], Awaitable[None]]
+    if device.config.vnet_hdr:
+        tso = offload_mode() is OffloadMode.TSO and _enable_tso(device)
+        log.info("data path: the offload engine%s", " with TSO" if tso else "")
+        device_to_network = _offload_device_to_network
+        network_to_device = _offload_network_to_device
+    else:
+        log.info("data path: one packet at a time")
+        device_to_network = _plain_device_to_network
+        network_to_device = _plain_network_to_device
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_device_to_network, iface)
-            nursery.start_soon(_socket_tasks, iface)
+            nursery.start_soon(device_to_network, iface)
+            nursery.start_soon(_socket_tasks, iface, network_to_device)
             nursery.start_soon(_timers, iface)
             nursery.start_soon(_watch_link, iface)
             nursery.start_soon(_report_on_signal, iface)
@@ -393,14 +508,17 @@ async def _stop_when_removed(
     scope.cancel()
 
 
-async def _socket_tasks(iface: _Interface) -> None:
+async def _socket_tasks(
+    iface: _Interface,
+    network_to_device: Callable[[_Interface, socket.socket], Awaitable[None]],
+) -> None:
     """One receiver per socket; restarted whenever the sockets are rebound."""
     while True:
         with trio.CancelScope() as scope:
             iface.socket_scope = scope
             async with trio.open_nursery() as nursery:
                 for sock in iface.sockets.values():
-                    nursery.start_soon(_network_to_device, iface, sock)
+                    nursery.start_soon(network_to_device, iface, sock)
         iface.socket_scope = None
 
 
@@ -444,227 +562,154 @@ def _link_is_up(device: TunDevice) -> bool:
     """Probe the link state through the fd, which works from any namespace.
 
     A TUN write while the link is down fails with EIO.  The probe is the smallest packet that
-    gets that far: a virtio header and one byte claiming IPv4; on an up link the kernel's IP
+    gets that far: one byte claiming IPv4 (behind a zero virtio-net header if the device
+    has them); on an up link the kernel's IP
     layer drops it as a header error.  It is only sent while the link is believed down.
     """
+    probe = ZERO_VNET_HDR + _PROBE_PACKET if device.config.vnet_hdr else _PROBE_PACKET
     try:
-        os.write(device.fileno(), _PROBE_PACKET)
+        os.write(device.fileno(), probe)
     except OSError as exc:
         return exc.errno != errno.EIO
     return True
 
 
-# -- the data path ------------------------------------------------------------------------------
+# -- the data path, one packet at a time --------------------------------------------------------
 
 
-async def _device_to_network(iface: _Interface) -> None:
-    """TUN -> UDP: whenever the TUN is readable, drain it (:class:`_Outbound`)."""
-    device, outbound = iface.device, iface.outbound
+async def _plain_device_to_network(iface: _Interface) -> None:
+    """TUN -> UDP: read a packet, encapsulate it, send the datagram; again until empty."""
+    device, core = iface.device, iface.core
+    packet_buffer = memoryview(bytearray(READ_SIZE))
+    out = memoryview(bytearray(MAX_DATAGRAM))
     while True:
         await device.wait_readable()
-        outbound.drain(trio.current_time())
-        # No checkpoint here: wait_readable always goes through the scheduler, even when the
-        # fd is ready, so the other tasks get their turn after every batch anyway (an extra
-        # checkpoint only added one more pass of trio's loop per wake-up).
-
-
-class _Outbound:
-    """The way out of one interface: read packets from the TUN, encrypt, send.
-
-    Its buffers are allocated once.  :meth:`drain` is synchronous, so the two tasks that call
-    it (``device_to_network``, and ``network_to_device`` right after its writes) can never be
-    inside it at the same time.
-    """
-
-    def __init__(self, iface: _Interface) -> None:
-        self.iface = iface
-        self.packet_buffer = memoryview(_lazy_buffer(VNET_HDR_LEN + MAX_DATAGRAM))
-        self.read_into = [self.packet_buffer]  # readv's argument, built once
-        self.packet_body = self.packet_buffer[VNET_HDR_LEN:]  # the packet behind its header
-        self.out_view = memoryview(_lazy_buffer(GSO_MAX_BYTES + MAX_DATAGRAM))
-
-    def drain(self, now: float) -> None:
-        """Read the TUN until it is empty (or BATCH packets); send same-size runs per peer."""
-        iface = self.iface
-        device, core = iface.device, iface.core
-        encrypt = core.encrypt_packet_into
-        readv, fd, read_into = os.readv, device.fileno(), self.read_into
-        packet_body, out_view = self.packet_body, self.out_view
-        # The run being gathered: datagrams of size `segment` for `endpoint`, in out[:end].
-        end = 0
-        segment = 0
-        count = 0
-        endpoint: tuple[str, int] | None = None
-        packets_read = 0
-        # Past BATCH packets, stop only between runs, so that a busy TUN still gives full
-        # UDP GSO sends (stopping at exactly 64 sent 44 + 20 datagrams at MTU 1420: 40% more
-        # sendmsg calls than full runs, and smaller batches for the receiver to take).
-        while packets_read < BATCH or count:
-            packets_read += 1
-            # os.readv on the fd, not device.read_nowait_into: two calls less per packet.
-            try:
-                n = readv(fd, read_into)
-            except BlockingIOError:
+        for _ in range(BATCH):
+            size = device.read_nowait_into(packet_buffer)
+            if size == 0:
                 break
-            except OSError:
-                # The device's own read turns the error into the right exception
-                # (DeviceGone...), or reads a packet after all.
-                n = device.read_nowait_into(self.packet_buffer)
-                if n == 0:
-                    break
-            if n <= VNET_HDR_LEN:
-                continue
-            result = encrypt(packet_body, n - VNET_HDR_LEN, out_view[end:], now)
-            if result is None:
-                continue  # staged (handshake first) or dropped: the core counted it
-            size, target = result
-            if count and (target != endpoint or size > segment):
-                # Cannot join the run: send the run, and move this datagram to the front.
-                _send_run(iface, out_view, end=end, segment=segment, count=count, endpoint=endpoint)
-                out_view[:size] = bytes(out_view[end : end + size])
-                end, count = 0, 0
-            if count == 0:
-                segment, endpoint = size, target
-            end += size
-            count += 1
-            if size < segment or end + segment > GSO_MAX_BYTES or count == GSO_MAX_SEGMENTS:
-                _send_run(iface, out_view, end=end, segment=segment, count=count, endpoint=endpoint)
-                end, count = 0, 0
-        if count:
-            _send_run(iface, out_view, end=end, segment=segment, count=count, endpoint=endpoint)
-        actions = core.take_actions()
-        if actions:
-            iface.carry_out(actions)
-        else:
-            iface.poke_timers()
+            result = core.encapsulate(packet_buffer[:size], out, trio.current_time())
+            if isinstance(result, WriteToNetwork):
+                iface.send_one(out[: result.size], result.endpoint)
+        iface.carry_out(core.take_actions())
 
 
-def _lazy_buffer(size: int) -> mmap.mmap:
-    """A zeroed buffer that costs memory only as far as it is written: an anonymous mapping.
-
-    ``bytearray(size)`` writes every byte to zero it, so all of it is resident at once.  The
-    buffers here are sized for the largest batch (about 1 MiB in all), which an idle
-    interface, or one socket of the two, may never see.
-    """
-    return mmap.mmap(-1, size)
-
-
-def _send_run(
-    iface: _Interface,
-    view: memoryview,
-    *,
-    end: int,
-    segment: int,
-    count: int,
-    endpoint: tuple[str, int] | None,
-) -> None:
-    """Send ``view[:end]``: *count* datagrams of *segment* bytes (the last may be shorter)."""
-    assert endpoint is not None
-    sock = iface.socket_for(endpoint)
-    if sock is None:
-        return
-    try:
-        # sticky.send answers from the local address the peer wrote to (sticky.py).
-        if count == 1:
-            sticky.send(sock, view[:end], endpoint)
-        elif iface.gso:
-            gso = (SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(segment))
-            sticky.send(sock, view[:end], endpoint, [gso])
-        else:
-            for offset in range(0, end, segment):
-                sticky.send(sock, view[offset : min(offset + segment, end)], endpoint)
-    except OSError as exc:
-        if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT) and iface.gso and count > 1:
-            log.info("UDP GSO refused (%s): sending datagrams one by one", exc.strerror)
-            iface.gso = False
-            _send_run(iface, view, end=end, segment=segment, count=count, endpoint=endpoint)
-        else:
-            _log_send_error(exc, endpoint)
-
-
-async def _network_to_device(iface: _Interface, sock: socket.socket) -> None:
-    """UDP -> TUN: receive (GRO batches of) datagrams, decrypt, coalesce, write.
-
-    The packets decrypted during one wake-up wait in ``plain`` and are written when the socket
-    is empty (or ``plain`` is full, or BATCH receives were made): a TCP run that spans several
-    receives then still becomes one super-packet, so the kernel's TCP stack -- which runs
-    inside our ``writev`` -- takes fewer, larger packets (32 segments a write on average
-    instead of 20, in a one-stream iperf3 run).
-    """
-    device, core = iface.device, iface.core
-    decrypt_batch = core.decrypt_batch_into_untrusted
-    decrypt_one = core.decrypt_datagram_into_untrusted
-    recvmsg = sock.recvmsg_into
-    fd = device.fileno()
-    view = memoryview(_lazy_buffer(MAX_DATAGRAM))
-    plain_view = memoryview(_lazy_buffer(PLAIN_ROOM))
+async def _plain_network_to_device(iface: _Interface, sock: socket.socket) -> None:
+    """UDP -> TUN: receive a datagram, decapsulate it, write the packet (or send a reply)."""
+    core = iface.core
+    datagram_buffer = memoryview(bytearray(MAX_DATAGRAM))
+    out = memoryview(bytearray(MAX_DATAGRAM))
     while True:
         try:
             await trio.lowlevel.wait_readable(sock)
         except trio.ClosedResourceError:
             return  # rebound: the socket task restarts
-        now = trio.current_time()
-        packets: list[memoryview] = []
-        used = 0  # bytes of plain holding packets
         for _ in range(BATCH):
-            if used + MAX_DATAGRAM > PLAIN_ROOM:
-                break  # no room for another receive: write, and let the other tasks run
             try:
-                n, ancdata, _flags, address = recvmsg([view], sticky.ANCILLARY_SPACE)
+                size, ancillary, _flags, address = sock.recvmsg_into(
+                    [datagram_buffer], sticky.ANCILLARY_SPACE
+                )
             except BlockingIOError:
                 break
             except OSError as exc:
                 if exc.errno == errno.EBADF:
                     return
                 continue  # an ICMP error for an earlier send: nothing to do here
-            if n == 0:
+            source = sticky.endpoint_from(address, ancillary)
+            datagram = datagram_buffer[:size]
+            handshake = size > 0 and datagram[0] in _HANDSHAKE_TYPES
+            started = iface.start_handshake_work() if handshake else 0.0
+            result = core.decapsulate(source, datagram, out, trio.current_time())
+            if handshake:
+                iface.end_handshake_work(started)
+            if isinstance(result, WriteToTunnel):
+                iface.write_to_tun(out[: result.size])
+            elif isinstance(result, WriteToNetwork):
+                iface.send_one(out[: result.size], result.endpoint)
+        iface.carry_out(core.take_actions())
+
+
+# -- the data path, through the offload engine --------------------------------------------------
+
+
+async def _offload_device_to_network(iface: _Interface) -> None:
+    """TUN -> UDP: whenever the TUN is readable, drain it through the engine."""
+    device = iface.device
+    while True:
+        await device.wait_readable()
+        iface.drain_tun(trio.current_time())
+        # No checkpoint here: wait_readable always goes through the scheduler, even when the
+        # fd is ready, so the other tasks get their turn after every batch anyway (an extra
+        # checkpoint only added one more pass of trio's loop per wake-up).
+
+
+async def _offload_network_to_device(iface: _Interface, sock: socket.socket) -> None:
+    """UDP -> TUN: receive GRO trains, decapsulate, write coalesced, answer in the same turn.
+
+    The packets decrypted during one wake-up wait in the engine and are written when the
+    socket is empty (or the engine is full, or BATCH receives were made): a TCP run that
+    spans several receives then still becomes one super-packet, so the kernel's TCP stack --
+    which runs inside our ``writev`` -- takes fewer, larger packets (32 segments a write on
+    average instead of 20, in a one-stream iperf3 run).
+    """
+    core, engine = iface.core, iface.engine
+    receive_buffer = lazy_buffer(MAX_DATAGRAM)
+    while True:
+        try:
+            await trio.lowlevel.wait_readable(sock)
+        except trio.ClosedResourceError:
+            return  # rebound: the socket task restarts
+        now = trio.current_time()
+        for _ in range(BATCH):
+            if not engine.has_room():
+                break  # no room for another receive: write, and let the other tasks run
+            try:
+                size, ancillary, _flags, address = sock.recvmsg_into(
+                    [receive_buffer], sticky.ANCILLARY_SPACE
+                )
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    return
+                continue  # an ICMP error for an earlier send: nothing to do here
+            if size == 0:
                 continue  # an empty datagram: nothing in it for anyone
-            segment = n
-            for level, kind, data in ancdata:
+            segment = size
+            for level, kind, data in ancillary:
                 if level == SOL_UDP and kind == UDP_GRO:
                     segment = int.from_bytes(data, sys.byteorder)
-            source = sticky.endpoint_from(address, ancdata)
-            offset = 0
-            while offset < n:
-                if view[offset] == _DATA_MESSAGE:
-                    # The fast path takes the data messages, up to anything else.
-                    consumed, written = decrypt_batch(
-                        view[offset:n], segment, source, plain_view[used:], now, packets=packets
-                    )
-                    offset += consumed
-                    used += written
-                    if offset >= n:
-                        break
-                # A handshake message (or junk): one datagram through the general path.
-                stop = min(offset + segment, n)
-                if view[offset] in (1, 2):  # initiation or response: Diffie-Hellman work
-                    size = iface.handle_handshake(view[offset:stop], source, plain_view[used:])
-                else:
-                    size = decrypt_one(view[offset:stop], source, plain_view[used:], now)
-                if size:
-                    packets.append(plain_view[used : used + size])
-                    used += size
-                offset = stop
+            source = sticky.endpoint_from(address, ancillary)
+            if receive_buffer[0] in _HANDSHAKE_TYPES:
+                started = iface.start_handshake_work()
+                engine.datagrams_from_network(receive_buffer[:size], segment, source, now)
+                iface.end_handshake_work(started)
+            else:
+                engine.datagrams_from_network(receive_buffer[:size], segment, source, now)
             actions = core.take_actions()
             if actions:
                 iface.carry_out(actions)
-        if packets:
-            _write_packets(iface, fd, packets)
+        if engine.write_packets():
             # The kernel answers what we write from inside the write itself (a ping's reply,
             # TCP's ACKs), so the answer is usually in the TUN already: sending it now, in
             # this turn, saves one pass through trio's scheduler -- the largest part of the
             # time a lone packet spends in this process (docs/performance.md, "Latency").
-            iface.outbound.drain(now)
+            iface.drain_tun(now)
         else:
-            iface.poke_timers()  # (no checkpoint: see _device_to_network)
+            iface.poke_timers()  # (no checkpoint: see _offload_device_to_network)
 
 
-def _write_packets(iface: _Interface, fd: int, packets: list[memoryview]) -> None:
-    """Write decrypted packets to the TUN, TCP runs merged into super-packets."""
-    device = iface.device
-    for buffers in coalesce(packets):
-        down_before = device.stats.dropped_link_down
-        refused = not device.writev_nowait(buffers)
-        if refused and device.stats.dropped_link_down != down_before and iface.link_up:
-            iface.link_up = False
-            log.info("link %s is down: dropping packets for it", device.name)
+def _enable_tso(device: TunDevice) -> bool:
+    """Ask the TUN device for TCP (and, where the kernel has them, UDP) super-packets.
+
+    Returns:
+        Whether the kernel agreed; if not, the device hands over packets of at most the MTU.
+    """
+    tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+    for offloads in (tcp | TUN_F_USO4 | TUN_F_USO6, tcp):  # USO: kernel 6.2 and later
+        try:
+            fcntl.ioctl(device.fileno(), TUNSETOFFLOAD, offloads)
+        except OSError:
+            continue
+        return True
+    return False

@@ -1,11 +1,13 @@
-"""What the WireGuard core asks of its runtime, and what it tells it.
+"""What the WireGuard core asks of its runtime besides its results, and what it tells it.
 
 The core (:class:`~minivpn.wireguard.core.WireGuardCore`) never touches a socket, a TUN device
-or a clock.  Every call returns, or queues for ``WireGuardCore.take_actions()``, a list of
-*actions*, frozen value objects the runtime carries out in order:
+or a clock.  ``encapsulate`` and ``decapsulate`` return what to do with the packet or datagram
+at hand (:mod:`minivpn.wireguard.results`); everything else a call sets in motion is queued for
+``WireGuardCore.take_actions()`` as *actions*, frozen value objects the runtime carries out in
+order:
 
-* :class:`SendDatagram`: send these bytes over UDP to this endpoint;
-* :class:`DeliverPacket`: write this decrypted IP packet to the TUN device;
+* :class:`SendDatagram`: send these bytes over UDP to this endpoint (a handshake initiation, a
+  keepalive, a packet that waited for a session);
 * :class:`ListenPortChanged`, :class:`FwmarkChanged`: a UAPI ``set`` changed how the UDP socket
   must be bound: rebind it;
 * the rest are *events*, for logs, statistics and tests: :class:`HandshakeCompleted`,
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Action",
-    "DeliverPacket",
     "DropReason",
     "Endpoint",
     "FwmarkChanged",
@@ -105,19 +106,6 @@ class SendDatagram:
 
     data: bytes | bytearray = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
     endpoint: Endpoint
-
-
-@attrs.frozen
-class DeliverPacket:
-    """Write ``packet``, a decrypted and authorised IP packet, to the TUN device.
-
-    Attributes:
-        packet: the inner IPv4/IPv6 packet, cut to the length its header gives.
-        public_key: the peer it came from.
-    """
-
-    packet: bytes = attrs.field(repr=lambda packet: f"<{len(packet)} bytes>")
-    public_key: PublicKey
 
 
 @attrs.frozen
@@ -199,7 +187,6 @@ class FwmarkChanged:
 
 Action: TypeAlias = (
     SendDatagram
-    | DeliverPacket
     | HandshakeCompleted
     | HandshakeFailed
     | KeyMaterialZeroed
