@@ -46,6 +46,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from minivpn import __version__
+from minivpn.cli.closed_pipe import run_quietly_on_closed_pipe
 from minivpn.errors import MinivpnError
 from minivpn.runtime.interface import (
     DEFAULT_MTU,
@@ -108,7 +109,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``minivpnd`` and return the exit status (in the process the caller started)."""
+    """Run ``minivpnd`` and return the exit status (in the process the caller started).
+
+    ``minivpnd --help | head -1`` ends quietly, as every ``minivpn`` command does
+    (:mod:`minivpn.cli.closed_pipe`).
+    """
+    return run_quietly_on_closed_pipe(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _build_parser().parse_args(argv)
     name: str = args.ifname
     level_text = os.environ.get(LOG_LEVEL_ENV)

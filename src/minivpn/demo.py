@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
+from minivpn.documentation import doc_path
 from minivpn.errors import MinivpnError
 
 if TYPE_CHECKING:
@@ -219,7 +220,11 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
             raise
         finally:
             teardown.run(say)
-    say("\nHow it works: read docs/vpn.md (and docs/demo.md for this demo, step by step).")
+    try:
+        vpn, demo = doc_path("vpn.md"), doc_path("demo.md")
+    except FileNotFoundError:  # an installation without its docs: name them as in the source
+        vpn, demo = Path("docs/vpn.md"), Path("docs/demo.md")
+    say(f"\nHow it works: read {vpn} (and {demo} for this demo, step by step).")
     return 0
 
 

@@ -84,6 +84,15 @@ def check_success(result: subprocess.CompletedProcess[str]) -> str:
     assert float(rate.group(1)) > 0
 
     check_no_private_key(out + result.stderr)
+
+    # It ends by naming the documentation, as files that exist (the wheel installs them:
+    # tests/unit/test_documentation.py).
+    pages = re.search(r"^How it works: read (\S+) \(and (\S+) for this demo", out, re.MULTILINE)
+    assert pages is not None, out
+    assert pages[1].endswith("vpn.md")
+    assert pages[2].endswith("demo.md")
+    assert all(Path(page).is_file() for page in pages.groups()), pages.groups()
+
     match = re.search(r"namespace minivpn-demo-([0-9a-f]+)-a\b", out)
     assert match is not None, out
     return match.group(1)

@@ -80,7 +80,9 @@ def tun_info(ns: Namespace, name: str) -> dict[str, object]:
 def captured(stderr: str) -> tuple[int, int | None]:
     """The final ``N packets captured[, M replies sent]`` line as numbers."""
     match = re.search(
-        r"^minivpn: (\d+) packets captured(?:, (\d+) replies sent)?$", stderr, re.MULTILINE
+        r"^minivpn: (\d+) packets captured(?:, (\d+) replies sent)?(?:, \d+ filtered out)?$",
+        stderr,
+        re.MULTILINE,
     )
     assert match, stderr
     return int(match[1]), int(match[2]) if match[2] is not None else None
@@ -122,20 +124,26 @@ def test_pings_are_answered_printed_and_captured(
     packets, replies = captured(dump.stderr())
     assert packets == len(lines)
 
-    # The echo requests are printed, as tcpdump words them.
+    # The echo requests are printed, as tcpdump words them, and each reply right after.
     for seq in (1, 2, 3):
-        assert any(
-            re.search(rf"10\.9\.0\.1 > 10\.9\.0\.2: ICMP echo request, id \d+, seq {seq},", line)
-            for line in lines
-        ), lines
-        assert any(
-            re.search(rf"fd00:9::1 > fd00:9::2: ICMP6, echo request, id \d+, seq {seq},", line)
-            for line in lines
-        ), lines
+        for request, reply in (
+            (
+                rf"10\.9\.0\.1 > 10\.9\.0\.2: ICMP echo request, id \d+, seq {seq},",
+                rf"10\.9\.0\.2 > 10\.9\.0\.1: ICMP echo reply, id \d+, seq {seq},",
+            ),
+            (
+                rf"fd00:9::1 > fd00:9::2: ICMP6, echo request, id \d+, seq {seq},",
+                rf"fd00:9::2 > fd00:9::1: ICMP6, echo reply, id \d+, seq {seq},",
+            ),
+        ):
+            (where,) = [i for i, line in enumerate(lines) if re.search(request, line)]
+            assert re.search(reply, lines[where + 1]), lines
     if ethernet:
         # The kernel had to find the pretend host's MAC first, and minivpn told it.
         assert any("Request who-has 10.9.0.2 tell 10.9.0.1" in line for line in lines), lines
+        assert any("Reply 10.9.0.2 is-at " in line for line in lines), lines
         assert any("neighbor solicitation, who has fd00:9::2" in line for line in lines), lines
+        assert any("neighbor advertisement, tgt is fd00:9::2" in line for line in lines), lines
         assert replies is not None
         assert replies >= 8
     else:
@@ -144,6 +152,38 @@ def test_pings_are_answered_printed_and_captured(
 
     # The capture holds the same packets: tcpdump prints exactly the dump's lines.
     assert tcpdump_lines(ns, pcap, ethernet=ethernet) == lines
+
+
+@pytest.mark.parametrize(
+    ("remote", "expression", "shown"),
+    [
+        (REMOTE4, "icmp", ["ICMP echo request", "ICMP echo reply"]),
+        (REMOTE6, "icmp6[icmp6type] == icmp6-echo", ["ICMP6, echo request"]),
+    ],
+    ids=["icmp", "icmp6-echo"],
+)
+def test_count_1_with_a_filter_catches_the_ping(
+    ns: Namespace, tmp_path: Path, remote: str, expression: str, shown: list[str]
+) -> None:
+    """``-c 1`` alone usually catches an IPv6 router solicitation first; a filter picks the ping."""
+    pcap = tmp_path / "ping.pcap"
+    args = [*ADDRESSES, "--answer-pings", "-c", "1", "--filter", expression, "-w", str(pcap)]
+    dump = start_dump(ns, ["mvdump0", *args], tmp_path)
+    result = ping(ns, remote, count=1)
+    assert result.returncode == 0, f"{result.stdout}\n{dump.describe()}"  # answered
+    assert dump.wait(timeout=STOP) == 0, dump.describe()
+    lines = dump.stdout().splitlines()
+    assert len(lines) == len(shown), lines
+    for line, words in zip(lines, shown, strict=True):
+        assert words in line, lines
+    summary = re.search(
+        r"^minivpn: (\d+) packets captured, 1 replies sent, (\d+) filtered out$",
+        dump.stderr(),
+        re.MULTILINE,
+    )
+    assert summary, dump.stderr()
+    assert int(summary[1]) == len(shown)
+    assert tcpdump_lines(ns, pcap, ethernet=False) == lines
 
 
 # -- how it ends ---------------------------------------------------------------------------------
@@ -257,6 +297,8 @@ BAD_ARGUMENTS = [
     (["--count", "-3"], r"positive number|expected one argument"),
     (["--count", "many"], r"positive number"),
     (["bad/name"], r"bad/name"),
+    (["--filter", "host example.org"], r"invalid filter 'host example.org': .*not looked up"),
+    (["--filter", "icmp or"], r"invalid filter 'icmp or'"),
 ]
 
 
@@ -272,8 +314,18 @@ def test_tap_dump_on_an_existing_tun_device_is_refused(ns: Namespace) -> None:
     ns.run(["ip", "tuntap", "add", "dev", "keep0", "mode", "tun"])
     line = dump_fails(ns, "keep0", "--tap")
     assert "keep0" in line
-    assert "it is a TUN device, but TAP was requested" in line, line
+    assert line.endswith("it is a TUN device, but TAP was requested (use --tun instead of --tap)")
     assert tun_info(ns, "keep0")["type"] == "tun"
+
+
+def test_dump_on_a_tap_device_suggests_tap(ns: Namespace, tmp_path: Path) -> None:
+    ns.run(["ip", "tuntap", "add", "dev", "keep0", "mode", "tap"])
+    line = dump_fails(ns, "keep0")
+    assert line.endswith("it is a TAP device, but TUN was requested (use --tap)"), line
+    # ... and with it, it works; --tun is the default, and can be said.
+    start_dump(ns, ["keep0", "--tap"], tmp_path).stop(signal.SIGTERM, timeout=STOP)
+    assert dump_fails(ns, "keep0", "--tun").endswith("(use --tap)")
+    assert "not allowed with" in dump_fails(ns, "keep0", "--tun", "--tap")
 
 
 def test_a_link_that_is_not_tun_is_refused(ns: Namespace) -> None:

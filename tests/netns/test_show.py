@@ -7,6 +7,10 @@
   keepalive intervals in hours, addresses Go and C write differently), a UAPI server from
   :mod:`minivpn.runtime.uapi_server` serves a made-up state, and both ``wg show`` and
   ``minivpn show`` read it.
+* Colours: on a terminal (a pty) both tools colour, byte for byte alike; ``NO_COLOR`` and
+  ``WG_COLOR_MODE`` switch them as documented.
+* Fields: ``minivpn show NAME FIELD`` and ``show all FIELD`` print what ``wg show`` prints, for
+  every field that holds no secret; the fields that would print keys are refused.
 * Errors: a missing interface, a stale socket, another user (permission denied).
 
 Texts with "N seconds ago" change when the clock ticks, so each comparison reads ``wg``, then
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import re
 import shutil
 import socket
@@ -32,6 +37,7 @@ import pytest
 import trio
 from tests.helpers.runas import run_cli_as
 
+from minivpn.cli.show import FIELDS
 from minivpn.runtime.uapi_server import prepare_socket, serve_uapi
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from minivpn.wireguard.uapi import DeviceSnapshot, PeerSnapshot, SetRequest
@@ -422,6 +428,183 @@ async def test_the_socket_directory_can_be_moved(tmp_path: Path) -> None:
     assert json.loads(by_env.stdout) == [
         {"name": name, "public_key": None, "listen_port": 4242, "fwmark": None, "peers": []}
     ]
+
+
+# --- colours -------------------------------------------------------------------------------------
+
+#: An environment without the colour switches, so that only the test's own choice counts.
+PLAIN_ENV = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "WG_COLOR_MODE")}
+
+
+def on_a_terminal(cmd: list[str], env: dict[str, str]) -> str:
+    """Run *cmd* with its standard output on a pseudo-terminal; return what it wrote there."""
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=follower, stderr=subprocess.PIPE, env=env
+        )
+    finally:
+        os.close(follower)
+    chunks = []
+    try:
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(leader)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    # The terminal turned each "\n" into "\r\n" (ONLCR).
+    return b"".join(chunks).decode().replace("\r\n", "\n")
+
+
+async def terminal_output(cmd: list[str], **env: str) -> str:
+    return await trio.to_thread.run_sync(on_a_terminal, cmd, {**PLAIN_ENV, **env})
+
+
+async def test_colours_on_a_terminal_are_wg_s() -> None:
+    name = fresh_name("c")
+    async with serving(STATES["corners"], name):
+        wg_tty, tty = await async_same_second(
+            lambda: terminal_output(["wg", "show", name]),
+            lambda: terminal_output(minivpn_cmd("show", name)),
+        )
+        wg_plain, plain = await async_same_second(
+            lambda: output(["wg", "show", name]), lambda: output(minivpn_cmd("show", name))
+        )
+        wg_always, always = await async_same_second(
+            lambda: output_with(["wg", "show", name], WG_COLOR_MODE="always"),
+            lambda: output_with(minivpn_cmd("show", name), WG_COLOR_MODE="always"),
+        )
+        no_color = await terminal_output(minivpn_cmd("show", name), NO_COLOR="1")
+        never = await terminal_output(minivpn_cmd("show", name), WG_COLOR_MODE="never")
+        forced = await output_with(minivpn_cmd("show", name), NO_COLOR="1", WG_COLOR_MODE="always")
+    assert tty == wg_tty
+    assert tty.startswith("\x1b[0m\x1b[32m\x1b[1minterface\x1b[0m: \x1b[32m")
+    for sequence in ("\x1b[33m\x1b[1mpeer", "\x1b[36m/\x1b[0m", "\x1b[36mTiB\x1b[0m", "\x1b[31m"):
+        assert sequence in tty, sequence
+    assert always == wg_always  # WG_COLOR_MODE=always: colours on a pipe, as wg
+    assert "\x1b[" in always
+    assert plain == wg_plain
+    assert "\x1b" not in plain
+    assert without_age(no_color) == without_age(plain)  # NO_COLOR on a terminal
+    assert without_age(never) == without_age(plain)
+    assert "\x1b[1m" in forced  # WG_COLOR_MODE=always wins over NO_COLOR
+
+
+async def output_with(cmd: list[str], **env: str) -> str:
+    with trio.fail_after(60):
+        result = await trio.run_process(
+            cmd, capture_stdout=True, capture_stderr=True, env={**PLAIN_ENV, **env}
+        )
+    assert b"Traceback" not in result.stderr
+    return result.stdout.decode()
+
+
+def test_colours_with_a_real_handshake(handshaken: dict[str, Any]) -> None:
+    name = handshaken["names"]["A"]
+    age = re.compile(r"(latest handshake\x1b\[0m: ).*? ago$", re.MULTILINE)
+
+    def reference() -> str:
+        return age.sub(r"\1<age> ago", on_a_terminal(["wg", "show", name], PLAIN_ENV))
+
+    def ours() -> str:
+        return age.sub(r"\1<age> ago", on_a_terminal(minivpn_cmd("show", name), PLAIN_ENV))
+
+    wg_text, text = same_second(reference, ours)
+    assert text == wg_text
+    assert "latest handshake\x1b[0m: <age> ago" in text
+
+
+# --- fields ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", sorted(STATES))
+async def test_every_field_is_wg_s(state: str) -> None:
+    name = fresh_name("s")
+    async with serving(STATES[state], name):
+        for field in FIELDS:
+            assert await output(minivpn_cmd("show", name, field)) == await output(
+                ["wg", "show", name, field]
+            ), field
+
+
+async def test_fields_of_all_interfaces_and_their_names() -> None:
+    names = [fresh_name("a"), fresh_name("b")]
+    async with serving(STATES["corners"], names[0]), serving(STATES["no_private_key"], names[1]):
+        for field in FIELDS:
+            ours = await output(minivpn_cmd("show", "all", field))
+            # wg prints each interface's lines with its name in front, as it does for one
+            # interface without the name.  (Before wireguard-tools 1.0.20250521, `wg show all
+            # endpoints` named the interface on its first line only, against wg(8); minivpn
+            # follows the fixed version, so endpoints are compared this way only.)
+            one_by_one = [
+                f"{name}\t{line}"
+                for name in names
+                for line in (await output(["wg", "show", name, field])).splitlines()
+            ]
+            assert [line for line in ours.splitlines() if line.split("\t")[0] in names] == (
+                one_by_one
+            ), field
+            if field != "endpoints":
+                theirs = await output(["wg", "show", "all", field])
+                # wg lists the interfaces in directory order, minivpn sorted: same lines.
+                assert sorted(ours.splitlines()) == sorted(theirs.splitlines()), field
+        listed = await output(minivpn_cmd("show", "interfaces"))
+        wg_listed = await output(["wg", "show", "interfaces"])
+        everything, default = await async_same_second(
+            lambda: output(minivpn_cmd("show", "all")), lambda: output(minivpn_cmd("show"))
+        )
+    assert sorted(listed.split()) == sorted(wg_listed.split())
+    assert set(names) <= set(listed.split())
+    assert listed.endswith("\n")
+    assert everything == default
+    assert all(f"interface: {name}\n" in everything for name in names)
+
+
+def test_fields_with_a_real_handshake(handshaken: dict[str, Any]) -> None:
+    name = handshaken["names"]["A"]
+
+    def lines(cmd: list[str]) -> str:
+        # wireguard-go lists its peers in Go's map order, which changes from one request to
+        # the next: compare the lines, not their order.
+        return "\n".join(sorted(run(cmd).stdout.splitlines()))
+
+    for field in FIELDS:
+        wg_text, text = same_second(
+            lambda field=field: lines(["wg", "show", name, field]),
+            lambda field=field: lines(minivpn_cmd("show", name, field)),
+        )
+        assert text == wg_text, field
+    handshakes = run(minivpn_cmd("show", name, "latest-handshakes")).stdout
+    assert any(int(line.split("\t")[1]) > 0 for line in handshakes.splitlines())
+
+
+@pytest.mark.parametrize("field", ["private-key", "preshared-keys", "dump"])
+def test_fields_with_keys_are_refused(handshaken: dict[str, Any], field: str) -> None:
+    name = handshaken["names"]["A"]
+    result = run(minivpn_cmd("show", name, field))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "minivpn show never prints" in line, line
+    assert f"'wg show NAME {field}' does" in line, line
+    for secret in [handshaken["keys"]["A"], *handshaken["psks"]]:
+        assert secret.to_base64() not in result.stderr
+
+
+def test_field_mistakes_are_one_line() -> None:
+    result = run(minivpn_cmd("show", "mvany0", "bogus"))
+    assert result.returncode == 2
+    assert "expected one of public-key, listen-port" in result.stderr
+    assert_clean_failure(run(minivpn_cmd("show", "mvany0", "peers", "--json")))
+    assert_clean_failure(run(minivpn_cmd("show", "interfaces", "peers")))
 
 
 # --- errors ---------------------------------------------------------------------------------------

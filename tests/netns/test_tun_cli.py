@@ -1,8 +1,10 @@
 """``minivpn tun`` as a user runs it: a subprocess, its output and exit status, real devices.
 
 Runs inside ``netns/isolate``.  What the command reports is checked against what the kernel
-says through other channels: ``ip -details -json link show`` (netlink's IFLA_TUN_* attributes,
-not the sysfs files minivpn reads) and TUNGETIFF on an attached fd.
+says through other channels: ``ip -details -json link show`` (iproute2's own reading of the
+IFLA_TUN_* attributes minivpn reads through pyroute2), the sysfs files of the tun driver
+(``netns/isolate`` re-mounts sysfs, so they describe this namespace) and TUNGETIFF on an
+attached fd.  tests/netns/test_tun_namespaces.py covers namespaces where sysfs is wrong.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def test_add_show_list_del(
     assert not link_exists(name)
 
 
-def test_flags_from_tungetiff_and_sysfs_agree(name: str) -> None:
+def test_flags_from_tungetiff_netlink_and_sysfs_agree(name: str) -> None:
     ok("tun", "add", name, "--pi", "--multi-queue")
     fd, attached_name, flags = tun_device.open_device(name, pi=True, multi_queue=True)
     try:
@@ -152,13 +154,18 @@ def test_flags_from_tungetiff_and_sysfs_agree(name: str) -> None:
         ifreq = fcntl.ioctl(fd, 0x800454D2, bytes(40))  # TUNGETIFF, spelled out independently
         raw_name, raw_flags = struct.unpack("16sH22x", ifreq)
         assert raw_name == name.encode().ljust(16, b"\0")
-        sysfs = read_tun_flags(name)
-        assert sysfs == 0x0901  # TUN | MULTI_QUEUE | PERSIST, and no NO_PI: PI is on
+        netlink = read_tun_flags(name)
+        assert netlink == 0x0901  # TUN | MULTI_QUEUE | PERSIST, and no NO_PI: PI is on
+        sysfs = int(Path(f"/sys/class/net/{name}/tun_flags").read_text(), 16)
+        assert sysfs == netlink
         # TUNGETIFF agrees on every bit but 0x1000, which it also uses for IFF_NOFILTER ("no
         # BPF filter attached") and so reports set although PI is on.
-        assert raw_flags == sysfs | 0x1000
-        assert flags == sysfs  # open_device reports the truth
+        assert raw_flags == netlink | 0x1000
+        assert flags == netlink  # open_device reports the truth
         assert ip_details(name)["pi"] is True
+        shown = json.loads(ok("tun", "show", name, "--json"))
+        assert shown["num_queues"] == 1  # this fd
+        assert "queues:      1 attached" in ok("tun", "show", name)
     finally:
         os.close(fd)
     ok("tun", "del", name)
@@ -308,7 +315,8 @@ def test_missing_devices() -> None:
 def test_flag_mismatches_say_which(name: str) -> None:
     ok("tun", "add", name)
     assert fails("tun", "attach", name, "--tap", "--seconds", "0").endswith(
-        f"cannot attach to {name}: it is a TUN device, but TAP was requested"
+        f"cannot attach to {name}: it is a TUN device, but TAP was requested "
+        "(use --tun instead of --tap)"
     )
     assert "it is not multi-queue, but a multi-queue attachment was requested" in fails(
         "tun", "attach", name, "--multi-queue", "--seconds", "0"

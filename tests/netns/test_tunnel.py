@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
@@ -40,7 +42,6 @@ from netns import Namespace, Topology
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-    from pathlib import Path
 
 PORT = 5000
 DEVICE = "mvt0"
@@ -611,6 +612,64 @@ def test_deleting_the_device_ends_the_tunnel_with_a_clear_message(
     ), stderr
 
 
+def test_a_tap_device_without_tap_suggests_it(topo: Topology) -> None:
+    ns = topo.namespace()
+    ns.run(["ip", "tuntap", "add", "dev", DEVICE, "mode", "tap"])
+    result = ns.run([*MINIVPN, "tunnel", DEVICE, "--listen", str(PORT)], check=False, timeout=60)
+    line = assert_clean_failure(result, lines=None)
+    assert line == (
+        f"minivpn: cannot attach to {DEVICE}: it is a TAP device, but TUN was requested (use --tap)"
+    ), result.stderr
+
+
+# -- the README's example, as written ------------------------------------------------------------
+
+
+def readme_tunnel_commands() -> list[list[str]]:
+    """The ``minivpn tunnel`` lines of README.md, comments cut off: host B's, then host A's."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    lines = [line.split("#", 1)[0] for line in readme.splitlines()]
+    commands = [shlex.split(line) for line in lines if line.startswith("minivpn tunnel ")]
+    assert len(commands) == 2, commands
+    return commands
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_the_readme_example_works_as_written(
+    topo: Topology, tmp_path: Path, transport: str
+) -> None:
+    """B and A exactly as README.md shows them (``hostb`` is B's address), then with --tcp."""
+    listen, connect = readme_tunnel_commands()
+    a, b = topo.pair()
+    extra = ["--tcp"] if transport == "tcp" else []
+    server = start_minivpn(b, [*listen[1:], *extra], tmp_path, "b")
+    server.wait_for(rf"^minivpn: device tun0 \(tun\) up; listening on \*:5000 \({transport}\)$")
+    connect = [
+        b.addr4 + arg[len("hostb") :] if arg.startswith("hostb:") else arg for arg in connect
+    ]
+    client = start_minivpn(a, [*connect[1:], *extra], tmp_path, "a")
+    client.wait_for(
+        rf"^minivpn: device tun0 \(tun\) up; connecting to {re.escape(b.addr4)}:5000 "
+        rf"\({transport}\)$"
+    )
+    wait_for_ping(a, "10.9.0.2")
+    result = ping(a, "10.9.0.2", count=2)
+    assert result.returncode == 0, f"{result.stdout}\n{server.describe()}\n{client.describe()}"
+
+
+def test_tcp_against_a_udp_listener_says_what_is_wrong(topo: Topology, tmp_path: Path) -> None:
+    """The mistake the README used to make: B on UDP (the default), A with --tcp."""
+    a, b = topo.pair()
+    server = start_server(b, tmp_path, "server")
+    assert re.search(r"up; listening on \*:5000 \(udp\)$", server.stderr(), re.MULTILINE)
+    client = start_client(a, b, tmp_path, "client", transport="tcp")
+    assert re.search(r"up; connecting to \S+:5000 \(tcp\)$", client.stderr(), re.MULTILINE)
+    client.wait_for(
+        r"cannot connect to \S+:5000: Connection refused \(is the peer listening with --tcp\?\);"
+        r" retrying$"
+    )
+
+
 # -- bad command lines ---------------------------------------------------------------------------
 
 
@@ -618,6 +677,8 @@ def test_deleting_the_device_ends_the_tunnel_with_a_clear_message(
 BAD_ARGUMENTS = [
     (["--listen", ":99999"], "port must be a number from 1 to 65535"),
     (["--listen", ":0"], "port must be a number from 1 to 65535"),
+    (["--listen", "99999"], "port must be a number from 1 to 65535"),
+    (["--listen", "http"], "port must be a number from 1 to 65535"),
     (["--connect", "198.51.100.2:http"], "port must be a number"),
     (["--connect", ":5000"], "a host to connect to is needed"),
     (["--connect", "198.51.100.2"], "expected HOST:PORT"),

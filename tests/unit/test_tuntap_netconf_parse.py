@@ -116,4 +116,5 @@ def test_json_shape_is_stable() -> None:
         "addresses": ["10.9.0.1/24"],
         "mac": None,
         "tun_flags": 0x1801,
+        "num_queues": None,
     }

@@ -8,9 +8,14 @@ has one name, one meaning and one help text everywhere.
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import TYPE_CHECKING
 
 from minivpn.errors import MinivpnError
 from minivpn.netconf import parse_interface
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def cidr(text: str) -> str:
@@ -37,12 +42,18 @@ def positive_int(text: str) -> int:
 
 
 def add_device_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--tap`` and ``--pi``: the kind of device and whether its packets carry a PI header.
+    """Add ``--tap``/``--tun`` and ``--pi``: the kind of device and whether it has a PI header.
 
-    They set ``args.tap`` and ``args.pi`` (both False by default).
+    They set ``args.tap`` and ``args.pi`` (both False by default: TUN, no PI).  ``--tun`` is
+    the default, there to be named: an error about the device being the other kind suggests
+    ``--tap`` or ``--tun`` (see ``minivpn.cli.main``).
     """
-    parser.add_argument(
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument(
         "--tap", action="store_true", help="a TAP device (Ethernet frames), not TUN (IP packets)"
+    )
+    kind.add_argument(
+        "--tun", dest="tap", action="store_false", help="a TUN device (IP packets): the default"
     )
     parser.add_argument(
         "--pi", action="store_true", help="the device has the 4-byte packet-information (PI) header"
@@ -67,3 +78,17 @@ def add_address_option(parser: argparse.ArgumentParser, *, check: bool = True) -
         type=cidr if check else str,
         help="add this address to the device, e.g. 10.9.0.1/24 or fd00:9::1/64 (repeatable)",
     )
+
+
+def print_help_handler(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """A ``func`` for a command given without its sub-command (``minivpn``, ``minivpn tun``).
+
+    It prints the parser's help, which lists the sub-commands, to stderr, and returns 2 as for
+    any other usage error.
+    """
+
+    def handler(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return handler

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -12,15 +13,27 @@ from minivpn.cli import argtypes
 from minivpn.cli.signals import stop_on_signals
 from minivpn.tuntap.ioctl import Mode
 
+if TYPE_CHECKING:
+    from minivpn.framing.filter import PacketFilter
+
 DESCRIPTION = """\
 Attach to a TUN/TAP device and print one line per packet, like tcpdump -n (-e on TAP).
 With no NAME a temporary device is made (its name is printed) and removed on exit; an existing
-persistent device (minivpn tun add) is attached and left as it was.
+persistent device (minivpn tun add) is attached and left as it was.  With --answer-pings the
+replies minivpn sends are printed and written too, after the packet they answer.
 
-example (as root):
+examples (as root):
   minivpn dump --address 10.9.0.1/24 --answer-pings --write ping.pcap &
   ping -c 3 10.9.0.2          # replies come from minivpn
   tcpdump -n -r ping.pcap
+
+  minivpn dump --address 10.9.0.1/24 --answer-pings -c 1 --filter icmp &
+  ping -c 1 10.9.0.2          # the echo request and its reply, then minivpn exits
+
+--filter takes a small part of tcpdump's filter language, with tcpdump's meaning: ip, ip6,
+arp, rarp, icmp (IPv4 only), icmp6, tcp, udp, sctp; [ip|ip6|arp|rarp] [src|dst] host ADDR;
+[tcp|udp|sctp] [src|dst] port N; icmp[icmptype] == icmp-echo, icmp6[icmp6type] != 133, ...;
+not (!), and (&&), or (||), parentheses (and/or have equal precedence, left to right).
 """
 
 
@@ -35,16 +48,38 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("name", metavar="NAME", nargs="?", help="device (default: a new temporary one)")
     argtypes.add_device_options(p)
     argtypes.add_address_option(p)
-    p.add_argument("-c", "--count", type=argtypes.positive_int, help="exit after this many packets")
+    p.add_argument(
+        "-c",
+        "--count",
+        type=argtypes.positive_int,
+        help="exit after this many packets from the device (that pass --filter)",
+    )
+    p.add_argument(
+        "--filter",
+        metavar="EXPR",
+        type=_packet_filter,
+        help="show, count and write only the packets matching this tcpdump-style expression, "
+        "e.g. 'icmp' or 'icmp6[icmp6type] == icmp6-echo' (see below)",
+    )
     p.add_argument(
         "-w", "--write", metavar="FILE.pcap", help="also write the packets to a pcap file"
     )
     p.add_argument(
         "--answer-pings",
         action="store_true",
-        help="answer ICMP/ICMPv6 echo requests (and ARP/neighbour solicitations on TAP)",
+        help="answer ICMP/ICMPv6 echo requests (and ARP/neighbour solicitations on TAP); "
+        "the replies are shown and written too",
     )
     p.set_defaults(func=run)
+
+
+def _packet_filter(text: str) -> PacketFilter:
+    from minivpn.framing.filter import FilterError, compile_filter
+
+    try:
+        return compile_filter(text)
+    except FilterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         count=args.count,
         write=args.write,
         answer_pings=args.answer_pings,
+        packet_filter=args.filter,
     )
     result = DumpResult()
 
@@ -88,6 +124,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"minivpn: listening on {name}", file=sys.stderr, flush=True)
 
     trio.run(main)
-    replies = f", {result.replies} replies sent" if args.answer_pings else ""
-    print(f"minivpn: {result.packets} packets captured{replies}", file=sys.stderr)
+    print(f"minivpn: {result.summary(config)}", file=sys.stderr)
     return 0

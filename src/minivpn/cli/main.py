@@ -3,7 +3,9 @@
 Each sub-command lives in its own module of this package and exposes
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the parsed
 :class:`argparse.Namespace` and returning an exit status.  This module only dispatches and maps
-errors to exit codes: a :class:`~minivpn.errors.MinivpnError` becomes one line on stderr.
+errors to exit codes: a :class:`~minivpn.errors.MinivpnError` becomes one line on stderr, and
+a reader that stops reading (``minivpn tun list | head -1``) ends the command quietly
+(:mod:`minivpn.cli.closed_pipe`).  ``minivpn`` alone prints the list of commands.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import sys
 from collections.abc import Callable, Sequence
 
 from minivpn import __version__
+from minivpn.cli import argtypes
+from minivpn.cli.closed_pipe import discard_closed_output, run_quietly_on_closed_pipe
 from minivpn.errors import MinivpnError
+from minivpn.tuntap.errors import ModeMismatch
 
 #: Sub-command modules, in the order ``minivpn --help`` lists them.
 COMMAND_MODULES = ("tun", "dump", "tunnel", "keys", "show", "up", "demo")
@@ -40,8 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (repeat for debug)"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser, title="commands"
+    )
+    parser.set_defaults(func=argtypes.print_help_handler(parser))
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"minivpn.cli.{name}")
         module.register(sub)
@@ -50,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the exit status."""
+    return run_quietly_on_closed_pipe(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -61,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except MinivpnError as exc:
-        print(f"minivpn: {exc}", file=sys.stderr)
+        _report(_with_hint(exc, args))
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -70,9 +81,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         user_errors = _user_errors(group)
         if user_errors is None:
             raise
-        for message in dict.fromkeys(str(exc) for exc in user_errors):
-            print(f"minivpn: {message}", file=sys.stderr)
+        for message in dict.fromkeys(_with_hint(exc, args) for exc in user_errors):
+            _report(message)
         return user_errors[0].exit_code
+
+
+def _report(message: str) -> None:
+    """Print ``minivpn: MESSAGE`` on stderr, unless its reader has gone (then say nothing)."""
+    try:
+        print(f"minivpn: {message}", file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        discard_closed_output()
+
+
+def _with_hint(exc: MinivpnError, args: argparse.Namespace) -> str:
+    """The error's message, with the option to use when the device is the other kind."""
+    if isinstance(exc, ModeMismatch) and hasattr(args, "tap"):
+        wanted = exc.device_mode.value
+        instead = " instead of --tap" if args.tap else ""
+        return f"{exc} (use --{wanted}{instead})"
+    return str(exc)
 
 
 def _user_errors(group: BaseExceptionGroup[BaseException]) -> list[MinivpnError] | None:

@@ -1,7 +1,7 @@
 """``minivpn show``: the state of running WireGuard interfaces, read over UAPI, without ``wg``.
 
-The text output is the one ``wg show`` prints (wireguard-tools ``show.c``, without colours), so
-what people know from ``wg`` reads the same here::
+The text output is the one ``wg show`` prints (wireguard-tools ``show.c``), so what people know
+from ``wg`` reads the same here::
 
     interface: wg0
       public key: 6b2k...=
@@ -16,9 +16,21 @@ what people know from ``wg`` reads the same here::
       transfer: 1.46 KiB received, 2.02 KiB sent
       persistent keepalive: every 25 seconds
 
-Peers come most recent handshake first, as in ``wg show``.  The private key and the preshared
-keys are never printed: the daemon sends them (the protocol has no other way), and this command
-drops them.
+Peers come most recent handshake first, as in ``wg show``.  On a terminal the text has
+``wg``'s colours, byte for byte (wireguard-tools ``terminal.h``: names bold, the interface
+green, peers yellow, units cyan); not on a pipe or file, nor with ``NO_COLOR`` set (not empty).
+``WG_COLOR_MODE=always`` or ``never`` decides as it does for ``wg``, over both.
+
+``minivpn show NAME FIELD`` prints one field, tab-separated, byte for byte as ``wg show NAME
+FIELD`` does: ``public-key``, ``listen-port``, ``fwmark``, ``peers``, ``endpoints``,
+``allowed-ips``, ``latest-handshakes``, ``transfer``, ``persistent-keepalive`` (peers in the
+daemon's order, not sorted, as in ``wg``).  ``minivpn show all FIELD`` prefixes each line with
+the interface's name, and ``minivpn show interfaces`` lists the names, as ``wg`` does.
+
+The private key and the preshared keys are never printed: the daemon sends them (the protocol
+has no other way), and this command drops them.  So the fields ``private-key``,
+``preshared-keys`` and ``dump``, whose ``wg`` output holds them, are refused with a pointer to
+``wg show``, which prints them, and to ``--json``, which has everything else.
 
 ``--json`` prints, for one interface, an object; without NAME, a list of such objects sorted by
 name.  Its shape is stable::
@@ -50,22 +62,65 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import socket
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from minivpn.wireguard.uapi import DeviceSnapshot, PeerSnapshot
 
-__all__ = ["device_json", "format_device", "register", "run"]
+__all__ = [
+    "FIELDS",
+    "device_json",
+    "format_device",
+    "format_field",
+    "register",
+    "run",
+    "use_color",
+]
 
 DESCRIPTION = """\
 Show the running WireGuard interfaces of minivpn (or of any userspace WireGuard, such as
 wireguard-go), as `wg show` does, by talking to their control sockets in /var/run/wireguard.
 Reading an interface needs the socket owner's rights (normally root).
 Private and preshared keys are never shown.
+
+  minivpn show [NAME | all | interfaces] [FIELD]
+
+FIELD prints one field as `wg show NAME FIELD` does: public-key, listen-port, fwmark, peers,
+endpoints, allowed-ips, latest-handshakes, transfer, persistent-keepalive.  Colours on a
+terminal, like wg; NO_COLOR=1 or WG_COLOR_MODE=never turns them off, WG_COLOR_MODE=always on.
 """
+
+#: The fields of ``wg show NAME FIELD`` that hold no secret, in wg(8)'s order.
+FIELDS = (
+    "public-key",
+    "listen-port",
+    "fwmark",
+    "peers",
+    "endpoints",
+    "allowed-ips",
+    "latest-handshakes",
+    "transfer",
+    "persistent-keepalive",
+)
+#: wg's fields that print private or preshared keys: refused, with this advice.
+SECRET_FIELDS = {
+    "private-key": "the private key",
+    "preshared-keys": "the preshared keys",
+    "dump": "the private key and the preshared keys (--json has every other value)",
+}
+
+#: wg's escape sequences (wireguard-tools src/terminal.h).
+_RESET, _BOLD = "\x1b[0m", "\x1b[1m"
+_RED, _GREEN, _YELLOW, _CYAN = "\x1b[31m", "\x1b[32m", "\x1b[33m", "\x1b[36m"
+#: What wg's filter_ansi() removes when colours are off: ESC [ up to the first letter.
+_ESCAPE = re.compile(r"\x1b\[[^A-Za-z]*[A-Za-z]?")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,7 +131,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", metavar="NAME", nargs="?", help="the interface (default: all of them)")
+    p.add_argument(
+        "name",
+        metavar="NAME",
+        nargs="?",
+        help="the interface; 'all' (the default) or 'interfaces' (their names) as in wg",
+    )
+    p.add_argument(
+        "field", metavar="FIELD", nargs="?", type=_field, help="print only this, as wg does"
+    )
     p.add_argument("--json", action="store_true", help="print JSON (the shape is documented)")
     p.add_argument(
         "--socket-dir",
@@ -86,72 +149,169 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=run)
 
 
+def _field(text: str) -> str:
+    if text in SECRET_FIELDS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: minivpn show never prints {SECRET_FIELDS[text]}; 'wg show NAME {text}' does"
+        )
+    if text not in FIELDS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one of {', '.join(FIELDS)}")
+    return text
+
+
+def use_color(environ: Mapping[str, str], is_tty: bool) -> bool:
+    """Whether to colour: ``WG_COLOR_MODE=always|never`` first, then ``NO_COLOR``, then a tty."""
+    mode = environ.get("WG_COLOR_MODE")
+    if mode in ("always", "never"):
+        return mode == "always"
+    if environ.get("NO_COLOR"):
+        return False
+    return is_tty
+
+
 def run(args: argparse.Namespace) -> int:
     """Print one interface, or every interface with a socket; return the exit status."""
     from minivpn.runtime.uapi_client import UapiClientError, get_device, list_interfaces
 
-    if args.name is not None:
-        snapshot = get_device(args.name, args.socket_dir)
+    name: str | None = args.name
+    if name == "all":
+        name = None
+    if name == "interfaces":
+        if args.field is not None or args.json:
+            raise UapiClientError("'minivpn show interfaces' takes no FIELD and no --json")
+        names = list_interfaces(args.socket_dir)
+        print(" ".join(names), end="\n" if names else "")
+        return 0
+    if args.json and args.field is not None:
+        raise UapiClientError("--json prints every field; leave out FIELD")
+    color = use_color(os.environ, sys.stdout.isatty())
+
+    if name is not None:
+        snapshot = get_device(name, args.socket_dir)
         if args.json:
-            print(json.dumps(device_json(args.name, snapshot), indent=2))
+            print(json.dumps(device_json(name, snapshot), indent=2))
+        elif args.field is not None:
+            print(format_field(snapshot, args.field), end="")
         else:
-            print(format_device(args.name, snapshot, int(time.time())), end="")
+            print(format_device(name, snapshot, int(time.time()), color=color), end="")
         return 0
 
     status = 0
     shown: list[tuple[str, DeviceSnapshot]] = []
-    for name in list_interfaces(args.socket_dir):
+    for each in list_interfaces(args.socket_dir):
         try:
-            shown.append((name, get_device(name, args.socket_dir)))
+            shown.append((each, get_device(each, args.socket_dir)))
         except UapiClientError as exc:
-            print(f"minivpn: cannot show interface {name}: {exc}", file=sys.stderr)
+            print(f"minivpn: cannot show interface {each}: {exc}", file=sys.stderr)
             status = 1
     if args.json:
-        print(json.dumps([device_json(name, snapshot) for name, snapshot in shown], indent=2))
+        print(json.dumps([device_json(each, snapshot) for each, snapshot in shown], indent=2))
+    elif args.field is not None:
+        print("".join(format_field(snapshot, args.field, each) for each, snapshot in shown), end="")
     else:
         now = int(time.time())
-        print("\n".join(format_device(name, snapshot, now) for name, snapshot in shown), end="")
+        text = "\n".join(
+            format_device(each, snapshot, now, color=color) for each, snapshot in shown
+        )
+        print(text, end="")
     return status
 
 
 # --- text -----------------------------------------------------------------------------------------
 
 
-def format_device(name: str, snapshot: DeviceSnapshot, now: int) -> str:
+def format_device(name: str, snapshot: DeviceSnapshot, now: int, *, color: bool = False) -> str:
     """The ``wg show NAME`` text for *snapshot*, every line ending in a newline.
 
     Args:
         name: the interface name.
         snapshot: its state, as :func:`~minivpn.runtime.uapi_client.get_device` returns it.
         now: the current Unix time in seconds, for "N seconds ago".
+        color: with wg's escape sequences (else without them, as wg removes them).
     """
-    lines = [f"interface: {name}"]
+    # Written with the escape sequences, as show.c's pretty_print() is; terminal.c removes
+    # them when colours are off, and so does the last line here.
+    lines = [f"{_RESET}{_GREEN}{_BOLD}interface{_RESET}: {_GREEN}{name}{_RESET}"]
+
+    def field(label: str, value: str) -> None:
+        lines.append(f"  {_BOLD}{label}{_RESET}: {value}")
+
     key = snapshot.private_key
     if key is not None and not key.is_zero():
-        lines.append(f"  public key: {key.public_key().to_base64()}")
-        lines.append("  private key: (hidden)")
+        field("public key", key.public_key().to_base64())
+        field("private key", "(hidden)")
     if snapshot.listen_port:
-        lines.append(f"  listening port: {snapshot.listen_port}")
+        field("listening port", str(snapshot.listen_port))
     if snapshot.fwmark:
-        lines.append(f"  fwmark: {snapshot.fwmark:#x}")
+        field("fwmark", f"{snapshot.fwmark:#x}")
     for peer in _sorted_peers(snapshot):
         lines.append("")
-        lines.append(f"peer: {peer.public_key.to_base64()}")
+        lines.append(
+            f"{_YELLOW}{_BOLD}peer{_RESET}: {_YELLOW}{peer.public_key.to_base64()}{_RESET}"
+        )
         if peer.preshared_key is not None and not peer.preshared_key.is_zero():
-            lines.append("  preshared key: (hidden)")
+            field("preshared key", "(hidden)")
         if peer.endpoint is not None:
-            lines.append(f"  endpoint: {wg_endpoint(peer.endpoint)}")
-        allowed = ", ".join(wg_prefix(prefix) for prefix in peer.allowed_ips)
-        lines.append(f"  allowed ips: {allowed or '(none)'}")
+            field("endpoint", wg_endpoint(peer.endpoint))
+        allowed = ", ".join(
+            address + f"{_CYAN}/{_RESET}" + bits
+            for address, _, bits in (
+                wg_prefix(prefix).partition("/") for prefix in peer.allowed_ips
+            )
+        )
+        field("allowed ips", allowed or "(none)")
         if peer.last_handshake_time_sec:
-            lines.append(f"  latest handshake: {_ago(peer.last_handshake_time_sec, now)}")
+            field("latest handshake", _ago(peer.last_handshake_time_sec, now))
         if peer.rx_bytes or peer.tx_bytes:
             received, sent = _size(peer.rx_bytes), _size(peer.tx_bytes)
-            lines.append(f"  transfer: {received} received, {sent} sent")
+            field("transfer", f"{received} received, {sent} sent")
         if peer.persistent_keepalive_interval:
-            interval = _duration(peer.persistent_keepalive_interval)
-            lines.append(f"  persistent keepalive: every {interval}")
-    return "\n".join(lines) + "\n"
+            field("persistent keepalive", f"every {_duration(peer.persistent_keepalive_interval)}")
+    text = "\n".join(lines) + "\n"
+    return text if color else strip_colors(text)
+
+
+def strip_colors(text: str) -> str:
+    """*text* without escape sequences, as wg prints when colours are off."""
+    return _ESCAPE.sub("", text)
+
+
+def format_field(snapshot: DeviceSnapshot, field: str, name: str | None = None) -> str:
+    """``wg show NAME FIELD`` (or, with *name*, ``wg show all FIELD``'s lines for it).
+
+    The lines of show.c's ugly_print(), each ending in a newline: one for an interface field,
+    one per peer for a peer field (none for an interface without peers).
+
+    Raises:
+        ValueError: *field* is not one of :data:`FIELDS`.
+    """
+    prefix = f"{name}\t" if name is not None else ""
+    key = snapshot.private_key
+    if field == "public-key":
+        if key is None or key.is_zero():
+            return f"{prefix}(none)\n"
+        return f"{prefix}{key.public_key().to_base64()}\n"
+    if field == "listen-port":
+        return f"{prefix}{snapshot.listen_port}\n"
+    if field == "fwmark":
+        return f"{prefix}{f'{snapshot.fwmark:#x}' if snapshot.fwmark else 'off'}\n"
+    if field not in FIELDS:
+        raise ValueError(f"not a field: {field!r}")
+    lines = []
+    for peer in snapshot.peers:  # not sorted: wg sorts peers only for its full text
+        line = f"{prefix}{peer.public_key.to_base64()}"
+        if field == "endpoints":
+            line += "\t" + (wg_endpoint(peer.endpoint) if peer.endpoint is not None else "(none)")
+        elif field == "allowed-ips":
+            line += "\t" + (" ".join(wg_prefix(p) for p in peer.allowed_ips) or "(none)")
+        elif field == "latest-handshakes":
+            line += f"\t{peer.last_handshake_time_sec}"
+        elif field == "transfer":
+            line += f"\t{peer.rx_bytes}\t{peer.tx_bytes}"
+        elif field == "persistent-keepalive":
+            line += f"\t{peer.persistent_keepalive_interval or 'off'}"
+        lines.append(line + "\n")  # "peers": the key alone
+    return "".join(lines)
 
 
 def _sorted_peers(snapshot: DeviceSnapshot) -> list[PeerSnapshot]:
@@ -170,9 +330,9 @@ def _duration(seconds: int) -> str:
     for unit, size in (("year", 365 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60)):
         count, seconds = divmod(seconds, size)
         if count:
-            parts.append(f"{count} {unit}{'' if count == 1 else 's'}")
+            parts.append(f"{count} {_CYAN}{unit}{'' if count == 1 else 's'}{_RESET}")
     if seconds:
-        parts.append(f"{seconds} second{'' if seconds == 1 else 's'}")
+        parts.append(f"{seconds} {_CYAN}second{'' if seconds == 1 else 's'}{_RESET}")
     return ", ".join(parts)
 
 
@@ -180,20 +340,20 @@ def _ago(then: int, now: int) -> str:
     if then == now:
         return "Now"
     if then > now:
-        return "(System clock wound backward; connection problems may ensue.)"
+        return f"({_RED}System clock wound backward; connection problems may ensue.{_RESET})"
     return f"{_duration(now - then)} ago"
 
 
 def _size(count: int) -> str:
     """Bytes as ``wg`` writes them: ``512 B``, ``1.50 KiB``, ... up to TiB."""
     if count < 1024:
-        return f"{count} B"
+        return f"{count} {_CYAN}B{_RESET}"
     value = float(count)
     for unit in ("KiB", "MiB", "GiB"):
         value /= 1024
         if value < 1024:
-            return f"{value:.2f} {unit}"
-    return f"{value / 1024:.2f} TiB"
+            return f"{value:.2f} {_CYAN}{unit}{_RESET}"
+    return f"{value / 1024:.2f} {_CYAN}TiB{_RESET}"
 
 
 # --- addresses as wg writes them ------------------------------------------------------------------

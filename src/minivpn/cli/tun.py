@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="create, delete, list and attach to TUN/TAP devices",
         description="Create, delete, list and attach to TUN/TAP devices.",
     )
-    actions = parser.add_subparsers(dest="tun_action", metavar="ACTION")
-    actions.required = True
+    actions = parser.add_subparsers(dest="tun_action", metavar="ACTION", title="actions")
+    parser.set_defaults(func=argtypes.print_help_handler(parser))
 
     add = actions.add_parser(
         "add",
@@ -320,6 +320,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             "state",
             f"{info.state} (admin {'up' if info.up else 'down'}, operstate {info.operstate})",
         ),
+        *([("queues", f"{info.num_queues} attached")] if info.num_queues is not None else []),
         ("ifindex", str(info.ifindex)),
         ("mac", info.mac or "-"),
         ("addresses", ", ".join(info.addresses) or "-"),

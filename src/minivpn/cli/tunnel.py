@@ -23,21 +23,27 @@ THIS TUNNEL IS NOT ENCRYPTED OR AUTHENTICATED: anyone on the path can read and i
 It is the smallest complete tunnel to read and learn from.  For a VPN, use `minivpn up`
 (WireGuard).
 
+Both ends must use the same transport: UDP (the default) or TCP (--tcp on both).
+
 examples:
-  host B:  minivpn tunnel tun0 --listen :5000 --address 10.9.0.2/24
+  host B:  minivpn tunnel tun0 --listen 5000 --address 10.9.0.2/24
   host A:  minivpn tunnel tun0 --connect B:5000 --address 10.9.0.1/24
   (ping 10.9.0.2 from A; kill -USR1 PID prints the counters)
 """
 
 
 def parse_hostport(text: str, *, listen: bool) -> tuple[str, int]:
-    """Parse ``HOST:PORT``, ``[IPV6]:PORT`` or (to listen) ``:PORT``.
+    """Parse ``HOST:PORT``, ``[IPV6]:PORT`` or (to listen) ``:PORT`` or ``PORT``.
+
+    To listen, an empty host (``:5000``, or just ``5000``) means every address.
 
     Raises:
         argparse.ArgumentTypeError: with a message naming the problem.
     """
     host, sep, port_text = text.rpartition(":")
-    if not sep:
+    if not sep and listen:
+        host, port_text = "", text  # a bare port
+    elif not sep:
         raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT (or [IPV6]:PORT)")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -70,9 +76,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--listen",
-        metavar="[ADDR]:PORT",
+        metavar="[ADDR:]PORT",
         type=lambda t: parse_hostport(t, listen=True),
-        help="wait for the peer on this address and port (every address if ADDR is empty)",
+        help="wait for the peer on this port, on every address or only on ADDR "
+        "(5000, :5000, 198.51.100.2:5000, [fd00::2]:5000)",
     )
     where.add_argument(
         "--connect",

@@ -15,6 +15,8 @@ Modules:
 * :mod:`~minivpn.framing.stream`: 2-byte length-prefix framing for a TCP tunnel
   (:func:`encode_frame`, :class:`FrameDecoder`).
 * :mod:`~minivpn.framing.pcap`: classic pcap file writer and reader.
+* :mod:`~minivpn.framing.filter`: a small part of tcpdump's filter language, for ``minivpn
+  dump --filter`` (:func:`compile_filter`).
 * :mod:`~minivpn.framing.responder`: replies to ping, ARP and neighbor solicitation, so a
   device can be tested with the real ``ping`` (:func:`answer_untrusted`).
 * :mod:`~minivpn.framing.errors`: :class:`FramingError` and its subclasses; parsers of

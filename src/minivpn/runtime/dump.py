@@ -6,10 +6,11 @@ The loop is the simplest use of the device layer::
         configure: link up, addresses                  # netlink (minivpn.netconf)
         while True:
             packet = await device.read()               # waits with trio.lowlevel.wait_readable
-            print(summarize(packet))                   # sans-IO decoding (minivpn.framing)
-            pcap.write(record(packet))                 # optional capture file
+            if packet_filter.matches(packet):          # optional: tcpdump-style filter
+                print(summarize(packet))               # sans-IO decoding (minivpn.framing)
+                pcap.write(record(packet))             # optional capture file
             reply = answer_untrusted(packet)           # optional: answer ping, ARP, NS
-            if reply: await device.write(reply)
+            if reply: await device.write(reply)        # ... and show the reply too
 
 A TUN device hands over IP packets the kernel routed to it: ``ping 10.9.0.2`` with the device
 holding 10.9.0.1/24 puts ICMP echo requests on it.  Nobody answers them unless
@@ -41,6 +42,8 @@ from minivpn.tuntap.ioctl import Mode
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from minivpn.framing.filter import PacketFilter
+
 __all__ = ["DumpConfig", "format_line", "run_dump"]
 
 log = logging.getLogger("minivpn.dump")
@@ -60,6 +63,8 @@ class DumpConfig:
         count: stop after this many packets (None: until cancelled).
         write: path of a pcap file to write, or None.
         answer_pings: answer echo requests (and ARP/neighbour solicitations on TAP).
+        packet_filter: show (and count, and write) only the packets it matches, replies
+            included; None shows everything.  Pings are answered whether shown or not.
     """
 
     device: str | None = None
@@ -69,15 +74,35 @@ class DumpConfig:
     count: int | None = None
     write: str | None = None
     answer_pings: bool = False
+    packet_filter: PacketFilter | None = None
 
 
 @attrs.define
 class DumpResult:
-    """What happened: packets seen and replies sent."""
+    """What happened.
+
+    Attributes:
+        device: the device's name.
+        packets: packets read from the device and shown (what ``count`` counts).
+        replies: replies sent (``answer_pings``), shown or not.
+        captured: lines shown (and records written): packets and the replies shown.
+        filtered_out: packets read from the device that the filter left out.
+    """
 
     device: str = ""
     packets: int = 0
     replies: int = 0
+    captured: int = 0
+    filtered_out: int = 0
+
+    def summary(self, config: DumpConfig) -> str:
+        """``N packets captured[, M replies sent][, K filtered out]``."""
+        text = f"{self.captured} packets captured"
+        if config.answer_pings:
+            text += f", {self.replies} replies sent"
+        if config.packet_filter is not None:
+            text += f", {self.filtered_out} filtered out"
+        return text
 
 
 def format_line(timestamp: float, data: bytes | memoryview, link: Link) -> str:
@@ -122,25 +147,42 @@ async def run_dump(
         pcap = _open_pcap(config.write, link)
         # A locally administered unicast MAC for the pretend remote host on a TAP link.
         my_mac = bytes([0x02]) + os.urandom(5)
+        shown = config.packet_filter.matches if config.packet_filter is not None else None
+
+        def show(packet: memoryview | bytes, now: float) -> bool:
+            """Print and write *packet* if the filter lets it through."""
+            if shown is not None and not shown(packet, link):
+                return False
+            result.captured += 1
+            emit(format_line(now, packet, link))
+            if pcap is not None:
+                pcap.write(pcap_record(packet, now))
+            return True
+
         try:
             task_status.started(device.name)
             while config.count is None or result.packets < config.count:
                 data = await device.read()
                 now = time.time()
                 payload = _strip_pi(data) if config.pi else memoryview(data)
-                result.packets += 1
-                emit(format_line(now, payload, link) if payload is not None else _bad_pi(data))
-                if payload is None:
+                if payload is None:  # nothing to filter on: shown, unless filtering
+                    if shown is None:
+                        result.packets += 1
+                        result.captured += 1
+                        emit(_bad_pi(data))
+                    else:
+                        result.filtered_out += 1
                     continue
-                if pcap is not None:
-                    pcap.write(pcap_record(payload, now))
+                if show(payload, now):
+                    result.packets += 1
+                else:
+                    result.filtered_out += 1
                 if config.answer_pings:
                     reply = answer_untrusted(payload, link, my_mac=my_mac)
                     if reply is not None:
-                        if config.pi:
-                            reply = _with_pi(reply, link)
-                        await device.write(reply)
+                        await device.write(_with_pi(reply, link) if config.pi else reply)
                         result.replies += 1
+                        show(reply, time.time())  # both directions, as tcpdump sees them
         finally:
             if pcap is not None:
                 pcap.close()

@@ -221,13 +221,14 @@ def _configure_device(device: TunDevice, config: TunnelConfig) -> None:
         netconf.add_address(device.name, cidr)
     netconf.set_link_up(device.name)
     log.info(
-        "device %s (%s%s%s) up; %s %s",
+        "device %s (%s%s%s) up; %s %s (%s)",
         device.name,
         config.mode.value,
         ", pi" if config.pi else "",
         ", offload" if config.offload else "",
         "listening on" if config.listen else "connecting to",
         _show(config.listen or config.connect),
+        config.transport,
     )
 
 
@@ -610,9 +611,11 @@ async def _tcp_connect(tunnel: _Tunnel) -> None:
                     raise OSError(err, os.strerror(err)) from None
         except OSError as exc:
             conn.close()
+            # Refused: nothing listens on that TCP port; often the peer runs the UDP default.
+            hint = " (is the peer listening with --tcp?)" if exc.errno == errno.ECONNREFUSED else ""
             tunnel.complain(
                 "connect",
-                f"cannot connect to {_show(tunnel.config.connect)}: {exc.strerror}; retrying",
+                f"cannot connect to {_show(tunnel.config.connect)}: {exc.strerror}{hint}; retrying",
                 trio.current_time(),
             )
             await trio.sleep(backoff)

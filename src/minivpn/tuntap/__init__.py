@@ -2,7 +2,7 @@
 
 * :mod:`.ioctl`: ioctl numbers, IFF_* flags, ``struct ifreq``, interface-name rules (pure);
 * :mod:`.device`: create, attach, make persistent, set owner/group, delete (sync ioctls);
-* :mod:`.listing`: find TUN/TAP devices and describe them from sysfs;
+* :mod:`.listing`: find TUN/TAP devices and describe them (netlink, RTM_GETLINK);
 * :mod:`.aio`: an attached device as a trio ``Channel[bytes]`` (non-blocking, ``wait_readable``);
 * :mod:`.errors`: one exception class per thing a user can do about a failure.
 
@@ -21,6 +21,7 @@ from minivpn.tuntap.errors import DeviceBusy as DeviceBusy
 from minivpn.tuntap.errors import DeviceGone as DeviceGone
 from minivpn.tuntap.errors import FlagsMismatch as FlagsMismatch
 from minivpn.tuntap.errors import InvalidDeviceName as InvalidDeviceName
+from minivpn.tuntap.errors import ModeMismatch as ModeMismatch
 from minivpn.tuntap.errors import NoSuchDevice as NoSuchDevice
 from minivpn.tuntap.errors import NotATunDevice as NotATunDevice
 from minivpn.tuntap.errors import TunError as TunError

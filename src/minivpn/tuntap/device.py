@@ -15,7 +15,8 @@ owner can delete its own device too.
 
 The kernel reports failures with a bare errno.  ``EINVAL`` in particular means any of "TUN was
 asked but this is a TAP device", "multi-queue mismatch" and "that is not a TUN/TAP device at
-all"; the functions here read sysfs to tell which, and raise the matching
+all"; the functions here ask netlink what the existing link is (:mod:`.listing`) to tell which,
+and raise the matching
 :class:`~minivpn.tuntap.errors.TunError` subclass with a message saying what to change.
 
 Everything here is synchronous: these are quick system calls made once per device.  The
@@ -34,6 +35,7 @@ from minivpn.tuntap.errors import (
     DeviceBusy,
     DeviceGone,
     FlagsMismatch,
+    ModeMismatch,
     NoSuchDevice,
     NotATunDevice,
     TunError,
@@ -58,7 +60,7 @@ from minivpn.tuntap.ioctl import (
     pack_ifreq,
     unpack_ifreq,
 )
-from minivpn.tuntap.listing import SYSFS_NET, DeviceInfo, get_device, read_tun_flags
+from minivpn.tuntap.listing import DeviceInfo, get_device, link_exists, read_tun_flags
 
 __all__ = [
     "TUN_PATH",
@@ -180,7 +182,7 @@ def _flags_as_attached(name: str, reported: int, config: DeviceConfig) -> int:
     TUNGETIFF sets bit 0x1000 whenever no BPF filter is attached to the queue, because that
     bit is also IFF_NOFILTER; so it cannot say whether PI is on.  For a single-queue device
     the flags just requested are in force.  A multi-queue device keeps the PI and VNET_HDR
-    choice of its first queue, so later queues must ask for the same, and sysfs tells what it
+    choice of its first queue, so later queues must ask for the same, and netlink tells what it
     is (the per-queue reads and writes follow the device, not the request).
 
     Raises:
@@ -192,7 +194,7 @@ def _flags_as_attached(name: str, reported: int, config: DeviceConfig) -> int:
     try:
         device_flags = read_tun_flags(name)
     except TunError:
-        return flags  # sysfs belongs to another namespace: trust the request
+        return flags  # netlink cannot be asked (or the link just vanished): trust the request
     actual = DeviceConfig.from_ifr_flags(name, device_flags)
     if (actual.pi, actual.vnet_hdr) != (config.pi, config.vnet_hdr):
         raise FlagsMismatch(
@@ -235,9 +237,10 @@ def _attach_error(exc: OSError, config: DeviceConfig, action: str) -> TunError:
         if existing is not None:
             actual = DeviceConfig.from_ifr_flags(config.name, existing)
             if actual.mode is not config.mode:
-                return FlagsMismatch(
+                return ModeMismatch(
                     f"cannot {action} {name}: it is a {actual.mode.name} device, "
-                    f"but {config.mode.name} was requested"
+                    f"but {config.mode.name} was requested",
+                    actual.mode,
                 )
             if actual.multi_queue != config.multi_queue:
                 has = "is" if actual.multi_queue else "is not"
@@ -272,17 +275,14 @@ def _existing_flags(name: str) -> int | TunError | None:
 def _ownership(name: str) -> str:
     """'owner: uid 65534; group: none; this process: uid 1000, gid 1000' for a message."""
 
-    def read(attribute: str, kind: str) -> str:
-        try:
-            value = int((SYSFS_NET / name / attribute).read_text())
-        except (OSError, ValueError):
-            return "unknown"
-        return "none" if value == -1 else f"{kind} {value}"
-
-    return (
-        f"owner: {read('owner', 'uid')}; group: {read('group', 'gid')}; "
-        f"this process: uid {os.geteuid()}, gid {os.getegid()}"
-    )
+    try:
+        info = get_device(name)
+    except TunError:
+        owner = group = "unknown"
+    else:
+        owner = "none" if info.owner is None else f"uid {info.owner}"
+        group = "none" if info.group is None else f"gid {info.group}"
+    return f"owner: {owner}; group: {group}; this process: uid {os.geteuid()}, gid {os.getegid()}"
 
 
 def get_iff(fd: int) -> tuple[str, int]:
@@ -290,8 +290,8 @@ def get_iff(fd: int) -> tuple[str, int]:
 
     Unlike the flags given to TUNSETIFF, these include IFF_PERSIST as the kernel sees it.
     One bit cannot be trusted: TUNGETIFF sets 0x1000 whenever no BPF filter is attached,
-    because that value is also IFF_NOFILTER, so IFF_NO_PI always looks set.  The sysfs file
-    ``tun_flags`` has the real PI setting (:func:`~minivpn.tuntap.listing.read_tun_flags`).
+    because that value is also IFF_NOFILTER, so IFF_NO_PI always looks set.  Netlink's
+    ``IFLA_TUN_PI`` has the real PI setting (:func:`~minivpn.tuntap.listing.read_tun_flags`).
 
     Raises:
         DeviceGone: the link was deleted.
@@ -415,7 +415,7 @@ def create_persistent(
 def delete_persistent(name: str) -> bool:
     """Delete a persistent device, like ``ip tuntap del``: attach, TUNSETPERSIST 0, close.
 
-    Attaching uses the device's own flags (read from sysfs), so it matches whatever created
+    Attaching uses the device's own flags (asked from netlink), so it matches whatever created
     it.  The owner may do this without CAP_NET_ADMIN.
 
     Returns:
@@ -446,7 +446,7 @@ def delete_persistent(name: str) -> bool:
         set_persist(fd, False)
     finally:
         os.close(fd)
-    return not (SYSFS_NET / name).exists()
+    return not link_exists(name)
 
 
 #: ``SIOCGIFMTU``/``SIOCSIFMTU`` (linux/sockios.h) and their ``struct ifreq``: name, ``int``.

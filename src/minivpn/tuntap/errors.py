@@ -2,14 +2,19 @@
 
 The kernel answers a failed ``/dev/net/tun`` request with a bare errno (``EINVAL`` covers "no
 such mode", "wrong mode for this device" and "that name is not a TUN device" alike).  The code
-in :mod:`minivpn.tuntap.device` looks at sysfs to find out which case it was, and raises one of
+in :mod:`minivpn.tuntap.device` asks netlink to find out which case it was, and raises one of
 these with a message that says what to change.  All of them are
 :class:`~minivpn.errors.MinivpnError`, so the command line prints the message and exits non-zero.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from minivpn.errors import MinivpnError
+
+if TYPE_CHECKING:
+    from minivpn.tuntap.ioctl import Mode
 
 
 class TunError(MinivpnError):
@@ -34,6 +39,19 @@ class DeviceBusy(TunError):
 
 class FlagsMismatch(TunError):
     """The requested flags (TUN/TAP, multi-queue) differ from those of the existing device."""
+
+
+class ModeMismatch(FlagsMismatch):
+    """The device is TAP and TUN was asked for, or the reverse.
+
+    Attributes:
+        device_mode: what the device is (a :class:`~minivpn.tuntap.ioctl.Mode`), so that a
+            command can name its option for it (``--tap``/``--tun``).
+    """
+
+    def __init__(self, message: str, device_mode: Mode) -> None:
+        super().__init__(message)
+        self.device_mode = device_mode
 
 
 class NoSuchDevice(TunError):

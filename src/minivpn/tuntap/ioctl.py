@@ -299,7 +299,7 @@ class DeviceConfig:
 
     @classmethod
     def from_ifr_flags(cls, name: str, flags: int) -> DeviceConfig:
-        """Decode flags as TUNGETIFF or sysfs ``tun_flags`` report them.
+        """Decode flags as TUNGETIFF reports them (or :func:`~.listing.read_tun_flags` does).
 
         IFF_PERSIST is not part of the config (it is state, not a choice made when attaching);
         test it with ``flags & IFF_PERSIST``.

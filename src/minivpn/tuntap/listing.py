@@ -1,42 +1,68 @@
-"""Finding TUN/TAP devices: sysfs tells which links are TUN/TAP and how they were made.
+"""Finding TUN/TAP devices: netlink tells which links are TUN/TAP and how they were made.
 
-Every network interface has a directory ``/sys/class/net/NAME``.  The tun driver adds three
-files to the directories of its own devices, which is how to tell them apart from other links:
+The kernel describes every link in answer to ``RTM_GETLINK``: name, index, flags (IFF_UP),
+operational state, MTU, link-layer address, and in ``IFLA_LINKINFO`` the kind of link.  The tun
+driver's links have kind ``"tun"`` (TAP devices too), and their ``IFLA_INFO_DATA`` holds the
+``IFLA_TUN_*`` attributes (``linux/if_link.h``, filled in by ``tun_fill_info``)::
 
-* ``tun_flags``: the IFF_* flags in hex, e.g. ``0x1801`` = TUN | PERSIST | NO_PI (the flags of
-  the most recent attach: PI and VNET_HDR are chosen by whoever attaches, see docs/tuntap.md);
-* ``owner`` and ``group``: the uid and gid allowed to attach without CAP_NET_ADMIN, ``-1`` for
-  none.
+    IFLA_TUN_TYPE         1 = TUN (IFF_TUN), 2 = TAP (IFF_TAP)
+    IFLA_TUN_PI           1 = packets carry the 4-byte packet-information header
+    IFLA_TUN_VNET_HDR     1 = packets carry a virtio-net header
+    IFLA_TUN_PERSIST      1 = the device outlives the closing of its last fd
+    IFLA_TUN_MULTI_QUEUE  1 = several fds may attach
+    IFLA_TUN_NUM_QUEUES   attached queues (multi-queue devices only)
+    IFLA_TUN_OWNER        uid allowed to attach without CAP_NET_ADMIN (absent: nobody)
+    IFLA_TUN_GROUP        gid allowed to attach without CAP_NET_ADMIN (absent: none)
 
-The generic files give the rest: ``mtu``, ``flags`` (IFF_UP is bit 0), ``operstate``,
-``ifindex`` and ``address`` (empty for TUN, which has no link-layer address).  IP addresses are
-not in sysfs; they come from netlink (:func:`minivpn.netconf.addresses_by_index`), and a listing
-without them is still useful, so a netlink failure leaves them empty.
+PI and VNET_HDR are those of the most recent attach: each attachment chooses them again (see
+docs/tuntap.md).  ``ip -details link show`` prints the same attributes.
+
+Why netlink and not sysfs (``/sys/class/net/NAME/tun_flags``, ``owner``, ``group``): a netlink
+socket always belongs to the network namespace of the process that opened it, while sysfs shows
+the namespace of whoever *mounted* it.  Under ``unshare -n`` or ``unshare -Urn`` (which cannot
+re-mount sysfs), ``/sys/class/net`` still lists the parent namespace's links, so a device just
+created there would be "missing", and another namespace's devices listed.
+
+pyroute2 is imported inside the functions that ask, for the reason given in
+:mod:`minivpn.netconf`: a process that never lists devices (the daemon serving an interface)
+never loads it.  IP addresses come from a second dump, ``RTM_GETADDR``
+(:func:`minivpn.netconf.addresses_by_index`); a listing without them is still useful, so a
+failure there leaves them empty.
 
 This finds every TUN/TAP device in the current network namespace, including those made by other
-tools (``ip tuntap add``, ``openvpn --mktun``, wireguard-go), as long as ``/sys`` belongs to this
-namespace (a new namespace needs sysfs re-mounted, as ``netns/isolate`` and ``ip netns exec`` do).
+tools (``ip tuntap add``, ``openvpn --mktun``, wireguard-go).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-from pathlib import Path
+import os
+import socket
+from typing import Any
 
 import attrs
 
-from minivpn.tuntap.errors import NoSuchDevice, NotATunDevice
-from minivpn.tuntap.ioctl import IFF_PERSIST, DeviceConfig, Mode, encode_name
+from minivpn.tuntap.errors import NoSuchDevice, NotATunDevice, TunError
+from minivpn.tuntap.ioctl import (
+    IFF_MULTI_QUEUE,
+    IFF_NO_PI,
+    IFF_PERSIST,
+    IFF_TAP,
+    IFF_TUN,
+    IFF_VNET_HDR,
+    Mode,
+    encode_name,
+)
 
-__all__ = ["SYSFS_NET", "DeviceInfo", "get_device", "list_devices", "read_tun_flags"]
+__all__ = ["DeviceInfo", "get_device", "link_exists", "list_devices", "read_tun_flags"]
 
 log = logging.getLogger(__name__)
 
-#: Where the kernel lists network interfaces.
-SYSFS_NET = Path("/sys/class/net")
-
-#: IFF_UP in the generic interface flags (``/sys/class/net/NAME/flags``), from ``linux/if.h``.
+#: IFF_UP in the link flags (``linux/if.h``).
 _IFF_UP = 0x1
+#: IFLA_TUN_TYPE values: the IFF_TUN and IFF_TAP bits themselves.
+_TUN_TYPES = {IFF_TUN: Mode.TUN, IFF_TAP: Mode.TAP}
 
 
 @attrs.frozen
@@ -60,7 +86,9 @@ class DeviceInfo:
         ifindex: interface index.
         addresses: IP addresses as CIDR strings ("10.9.0.1/24"), IPv4 first.
         mac: the MAC address (TAP), or None (TUN has none).
-        tun_flags: the raw IFF_* flags from sysfs.
+        tun_flags: the IFF_* flags these attributes stand for (IFF_TUN or IFF_TAP, IFF_NO_PI,
+            IFF_VNET_HDR, IFF_MULTI_QUEUE, IFF_PERSIST), as ``TUNSETIFF`` takes them.
+        num_queues: attached queues of a multi-queue device; None for a single-queue one.
     """
 
     name: str
@@ -78,6 +106,7 @@ class DeviceInfo:
     addresses: tuple[str, ...]
     mac: str | None
     tun_flags: int
+    num_queues: int | None = None
 
     @property
     def state(self) -> str:
@@ -108,88 +137,134 @@ class DeviceInfo:
             "addresses": list(self.addresses),
             "mac": self.mac,
             "tun_flags": self.tun_flags,
+            "num_queues": self.num_queues,
         }
 
 
-def read_tun_flags(name: str, *, sysfs_net: Path = SYSFS_NET) -> int:
-    """Return the ``tun_flags`` of the TUN/TAP device *name*.
+def link_exists(name: str) -> bool:
+    """Whether this network namespace has a link called *name* (any kind).
+
+    ``SIOCGIFINDEX`` on a socket, which, like netlink, belongs to the caller's namespace; and
+    it needs no netlink library.
+    """
+    try:
+        socket.if_nametoindex(name)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def read_tun_flags(name: str) -> int:
+    """Return the IFF_* flags of the TUN/TAP device *name* (see :attr:`DeviceInfo.tun_flags`).
 
     Raises:
         InvalidDeviceName: *name* is not a valid interface name.
         NoSuchDevice: there is no interface called *name*.
         NotATunDevice: *name* exists but is not a TUN/TAP device.
+        TunError: netlink could not be asked.
     """
-    encode_name(name)  # refuse "../x" and friends before building a path from the name
-    link_dir = sysfs_net / name
-    try:
-        return int((link_dir / "tun_flags").read_text().strip(), 16)
-    except FileNotFoundError:
-        if link_dir.exists():
-            raise NotATunDevice(f"{name!r} is not a TUN/TAP device") from None
-        raise NoSuchDevice(f"no network device named {name!r}") from None
+    return _device(name, {}).tun_flags
 
 
-def get_device(name: str, *, sysfs_net: Path = SYSFS_NET) -> DeviceInfo:
-    """Describe the TUN/TAP device *name*.
+def get_device(name: str) -> DeviceInfo:
+    """Describe the TUN/TAP device *name*, addresses included.
 
     Raises:
         InvalidDeviceName: *name* is not a valid interface name.
         NoSuchDevice: there is no interface called *name*.
         NotATunDevice: *name* exists but is not a TUN/TAP device.
+        TunError: netlink could not be asked.
     """
-    read_tun_flags(name, sysfs_net=sysfs_net)  # the clear errors for absent / not TUN
-    try:
-        return _read_device(sysfs_net / name, _addresses_or_nothing())
-    except FileNotFoundError:  # deleted between the two reads
-        raise NoSuchDevice(f"no network device named {name!r}") from None
+    info = _device(name, {})
+    addresses = _addresses_or_nothing()
+    return attrs.evolve(info, addresses=tuple(addresses.get(info.ifindex, ())))
 
 
-def list_devices(*, sysfs_net: Path = SYSFS_NET) -> list[DeviceInfo]:
+def list_devices() -> list[DeviceInfo]:
     """Describe every TUN/TAP device in this network namespace, sorted by name.
 
-    A device is TUN/TAP exactly when its sysfs directory has a ``tun_flags`` file.  Devices
-    that vanish while being read are left out.
+    One ``RTM_GETLINK`` dump: the links that are not TUN/TAP are left out.
+
+    Raises:
+        TunError: netlink could not be asked.
     """
+    links = _get_links(None)
     addresses = _addresses_or_nothing()
-    devices = []
-    for link_dir in sorted(sysfs_net.iterdir()):
-        if not (link_dir / "tun_flags").exists():
-            continue
-        try:
-            devices.append(_read_device(link_dir, addresses))
-        except FileNotFoundError:
-            continue
-    return devices
+    devices = [info for info in (_from_link(link, addresses) for link in links) if info is not None]
+    return sorted(devices, key=lambda info: info.name)
 
 
-def _read_device(link_dir: Path, addresses: dict[int, list[str]]) -> DeviceInfo:
-    """Read one device's sysfs directory (FileNotFoundError if it vanishes meanwhile)."""
+def _device(name: str, addresses: dict[int, list[str]]) -> DeviceInfo:
+    encode_name(name)  # a name the kernel would refuse gets the precise error, not ENODEV
+    (link,) = _get_links(name)
+    info = _from_link(link, addresses)
+    if info is None:
+        raise NotATunDevice(f"{name!r} is not a TUN/TAP device")
+    return info
 
-    def read(attribute: str) -> str:
-        return (link_dir / attribute).read_text().strip()
 
-    tun_flags = int(read("tun_flags"), 16)
-    config = DeviceConfig.from_ifr_flags(link_dir.name, tun_flags)
-    owner, group = int(read("owner")), int(read("group"))
-    ifindex = int(read("ifindex"))
-    # TUN has no link-layer address: its ``address`` file is empty.
-    mac = (read("address") or None) if config.mode is Mode.TAP else None
+def _get_links(name: str | None) -> list[Any]:
+    """``RTM_GETLINK`` for *name*, or a dump of every link when None."""
+    from pyroute2 import IPRoute  # imported here: see the module docstring
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            return list(ipr.get_links() if name is None else ipr.link("get", ifname=name))
+    except NetlinkError as exc:
+        if name is not None and exc.code == errno.ENODEV:
+            raise NoSuchDevice(f"no network device named {name!r}") from None
+        raise TunError(f"cannot read the network devices: {os.strerror(exc.code)}") from None
+    except OSError as exc:  # the netlink socket itself could not be opened
+        raise TunError(f"cannot read the network devices: {exc.strerror or exc}") from None
+
+
+def _from_link(link: Any, addresses: dict[int, list[str]]) -> DeviceInfo | None:
+    """The DeviceInfo of one RTM_NEWLINK message, or None if it is not a TUN/TAP link."""
+    linkinfo = link.get("IFLA_LINKINFO")
+    if linkinfo is None or linkinfo.get("IFLA_INFO_KIND") != "tun":
+        return None
+    data = linkinfo.get("IFLA_INFO_DATA")
+    if data is None:  # a kernel older than 4.15 says "tun" and no more
+        return None
+    mode = _TUN_TYPES.get(int(data.get("IFLA_TUN_TYPE") or 0))
+    if mode is None:
+        return None
+
+    def flag(attribute: str) -> bool:
+        return bool(data.get(attribute))
+
+    pi, vnet_hdr = flag("IFLA_TUN_PI"), flag("IFLA_TUN_VNET_HDR")
+    multi_queue, persist = flag("IFLA_TUN_MULTI_QUEUE"), flag("IFLA_TUN_PERSIST")
+    tun_flags = (
+        (IFF_TUN if mode is Mode.TUN else IFF_TAP)
+        | (0 if pi else IFF_NO_PI)
+        | (IFF_VNET_HDR if vnet_hdr else 0)
+        | (IFF_MULTI_QUEUE if multi_queue else 0)
+        | (IFF_PERSIST if persist else 0)
+    )
+    ifindex = int(link["index"])
+    owner, group = data.get("IFLA_TUN_OWNER"), data.get("IFLA_TUN_GROUP")
+    # A TUN device has no link-layer address (no IFLA_ADDRESS).
+    mac = link.get("IFLA_ADDRESS") if mode is Mode.TAP else None
+    num_queues = data.get("IFLA_TUN_NUM_QUEUES") if multi_queue else None
     return DeviceInfo(
-        name=link_dir.name,
-        mode=config.mode,
-        pi=config.pi,
-        multi_queue=config.multi_queue,
-        vnet_hdr=config.vnet_hdr,
-        persist=bool(tun_flags & IFF_PERSIST),
-        owner=None if owner == -1 else owner,
-        group=None if group == -1 else group,
-        mtu=int(read("mtu")),
-        up=bool(int(read("flags"), 16) & _IFF_UP),
-        operstate=read("operstate"),
+        name=str(link.get("IFLA_IFNAME")),
+        mode=mode,
+        pi=pi,
+        multi_queue=multi_queue,
+        vnet_hdr=vnet_hdr,
+        persist=persist,
+        owner=None if owner is None else int(owner),
+        group=None if group is None else int(group),
+        mtu=int(link.get("IFLA_MTU")),
+        up=bool(link["flags"] & _IFF_UP),
+        operstate=str(link.get("IFLA_OPERSTATE", "unknown")).lower(),
         ifindex=ifindex,
         addresses=tuple(addresses.get(ifindex, ())),
-        mac=mac,
+        mac=str(mac) if mac is not None else None,
         tun_flags=tun_flags,
+        num_queues=None if num_queues is None else int(num_queues),
     )
 
 
