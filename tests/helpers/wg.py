@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MINIVPND",
     "SOCKET_DIR",
+    "WG_GO_2025",
     "Capture",
     "Daemon",
     "Datagram",
@@ -84,7 +85,16 @@ MINIVPND = (sys.executable, "-m", "minivpn.daemon")
 #: Seconds a daemon may take to create its socket and device.
 START_TIMEOUT = 20.0
 
-Kind = Literal["minivpn", "wireguard-go"]
+#: Upstream wireguard-go 0.0.20250522, with TUN GSO/GRO offloads (shared/bench/bin, beside the
+#: repository, or MINIVPN_WG_GO_2025): tests against it are skipped where it is absent.
+WG_GO_2025 = Path(
+    os.environ.get(
+        "MINIVPN_WG_GO_2025",
+        Path(__file__).resolve().parents[3] / "shared/bench/bin/wireguard-go-0.0.20250522",
+    )
+)
+
+Kind = Literal["minivpn", "wireguard-go", "wireguard-go-2025"]
 T = TypeVar("T")
 
 _names = itertools.count(1)
@@ -438,22 +448,39 @@ class Lab:
         assert len(name) <= 15, name
         return name
 
-    def minivpnd(self, ns: Namespace, tag: str, *, name: str | None = None) -> Daemon:
+    def minivpnd(
+        self,
+        ns: Namespace,
+        tag: str,
+        *,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Daemon:
         """Start ``python -m minivpn.daemon -f NAME`` in *ns* (logging verbosely)."""
-        return self.start("minivpn", ns, name or self.name(tag))
+        return self.start("minivpn", ns, name or self.name(tag), env=env)
 
     def wireguard_go(self, ns: Namespace, tag: str, *, name: str | None = None) -> Daemon:
         """Start ``wireguard-go -f NAME`` in *ns*."""
         return self.start("wireguard-go", ns, name or self.name(tag))
 
-    def start(self, kind: Kind, ns: Namespace, name: str) -> Daemon:
-        """Start a daemon of *kind* and wait until its socket and its device exist."""
+    def start(
+        self, kind: Kind, ns: Namespace, name: str, *, env: dict[str, str] | None = None
+    ) -> Daemon:
+        """Start a daemon of *kind* and wait until its socket and its device exist.
+
+        Args:
+            kind: which program.
+            ns: where.
+            name: the interface name.
+            env: variables to add to its environment (``MINIVPN_OFFLOAD``...).
+        """
         if kind == "minivpn":
             cmd = [*MINIVPND, "-f", name]
-            env = {**os.environ, "LOG_LEVEL": "verbose"}
+            env = {**os.environ, "LOG_LEVEL": "verbose", **(env or {})}
         else:
-            cmd = ["wireguard-go", "-f", name]
-            env = {**os.environ, "LOG_LEVEL": "error"}
+            program = str(WG_GO_2025) if kind == "wireguard-go-2025" else "wireguard-go"
+            cmd = [program, "-f", name]
+            env = {**os.environ, "LOG_LEVEL": "error", **(env or {})}
         env.pop("WG_PROCESS_FOREGROUND", None)
         log_name = f"{name}-{len(self.daemons)}"
         stdout_path = self.log_dir / f"{log_name}.out"

@@ -1,12 +1,15 @@
-"""The fast data path end to end: the bytes that arrive are the bytes that were sent.
+"""The data path end to end: the bytes that arrive are the bytes that were sent.
 
-minivpn's data path batches heavily (runtime/vpn.py): UDP GSO on the way out, UDP GRO batches
-decrypted by ``decrypt_batch_into_untrusted`` on the way in, and TCP segments merged into
-super-packets (``framing.offload.coalesce``) before they are written to the TUN device.  iperf3
-says how fast, not whether the bytes are right; here several TCP connections at once (so runs
-of different flows interleave) carry pseudo-random bytes through the tunnel, and the receiver
-checks a SHA-256 of everything against the sender's, for minivpn on both ends and against
-wireguard-go in both directions.  And one datagram no data path expects: an empty one.
+minivpn moves packets one at a time or through the offload engine (``MINIVPN_OFFLOAD``:
+``off``, ``batch``, ``tso``; docs/offload.md): UDP GSO trains on the way out, UDP GRO batches on
+the way in, TCP segments merged into super-packets before they are written to the TUN device,
+and with ``tso`` TCP super-packets read from it and cut in Python.  iperf3 says how fast, not
+whether the bytes are right; here several TCP connections at once (so runs of different flows
+interleave) carry pseudo-random bytes through the tunnel, and the receiver checks a SHA-256 of
+everything against the sender's: in each mode, against minivpn, Debian's wireguard-go and
+upstream wireguard-go 0.0.20250522 (which has TUN offloads of its own), both directions, IPv4
+and IPv6 inside and outside, MTU 1280 and 1420.  And one datagram no data path expects: an
+empty one.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from tests.helpers.procs import ping, wait_for_ping
-from tests.helpers.wg import Lab, endpoint, link_pair, open_lab, wait_for_server
+from tests.helpers.wg import WG_GO_2025, Lab, endpoint, link_pair, open_lab, wait_for_server
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -39,7 +42,8 @@ MEGABYTES = 24  # per stream: enough for full-size GSO batches and long coalesce
 RECEIVER = """
 import hashlib, socket, sys, threading
 host, port, streams = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-server = socket.create_server((host, port), backlog=streams)
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+server = socket.create_server((host, port), family=family, backlog=streams)
 digests = {}
 def take(conn):
     digest, number = hashlib.sha256(), None
@@ -90,13 +94,15 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         yield lab
 
 
-def transfer(sender: Namespace, receiver: Namespace, address: str) -> tuple[str, str]:
+def transfer(
+    sender: Namespace, receiver: Namespace, address: str, megabytes: int = MEGABYTES
+) -> tuple[str, str]:
     """Run the transfer to *address* (in *receiver*); return (sent digests, received digests)."""
     python = shutil.which("python3") or "python3"
     server = receiver.popen([python, "-c", RECEIVER, address, "5201", str(STREAMS)])
     wait_for_server(receiver, 5201)
     sent = sender.run(
-        [python, "-c", SENDER, address, "5201", str(STREAMS), str(MEGABYTES)], timeout=120
+        [python, "-c", SENDER, address, "5201", str(STREAMS), str(megabytes)], timeout=120
     )
     received, errors = server.communicate(timeout=60)
     assert server.returncode == 0, errors
@@ -152,3 +158,58 @@ def test_an_empty_datagram_does_not_stop_the_interface(lab: Lab) -> None:
     assert sent.returncode == 0
     assert ping(y_ns, X4, count=5, interval=0.05).returncode == 0
     assert mine.running()
+
+
+#: (minivpn's offload mode, the peer, inner and outer IP version, tunnel MTU): each mode against
+#: each peer, and every inner/outer/MTU value with each mode and each peer.
+MATRIX = [
+    ("off", "minivpn", 4, 4, 1420),
+    ("off", "wireguard-go", 6, 6, 1280),
+    ("off", "wireguard-go-2025", 4, 6, 1280),
+    ("batch", "minivpn", 6, 4, 1280),
+    ("batch", "wireguard-go", 4, 6, 1420),
+    ("batch", "wireguard-go-2025", 6, 4, 1420),
+    ("tso", "minivpn", 4, 6, 1280),
+    ("tso", "wireguard-go", 6, 4, 1420),
+    ("tso", "wireguard-go-2025", 6, 6, 1420),
+]
+
+
+@pytest.mark.parametrize(
+    ("mode", "peer_kind", "inner", "outer", "mtu"),
+    MATRIX,
+    ids=[f"{m}-{p}-inner{i}-outer{o}-mtu{u}" for m, p, i, o, u in MATRIX],
+)
+def test_streams_arrive_intact_in_every_offload_mode(
+    lab: Lab, mode: str, peer_kind: str, inner: int, outer: int, mtu: int
+) -> None:
+    if peer_kind == "wireguard-go-2025" and not WG_GO_2025.is_file():
+        pytest.skip(f"no wireguard-go 0.0.20250522 at {WG_GO_2025} (set MINIVPN_WG_GO_2025)")
+    x_ns, y_ns = lab.topology.pair()
+    offload = {"MINIVPN_OFFLOAD": mode}
+    mine = lab.minivpnd(x_ns, "X", env=offload)
+    if peer_kind == "minivpn":
+        theirs = lab.minivpnd(y_ns, "Y", env=offload)
+    else:
+        theirs = lab.start(peer_kind, y_ns, lab.name("Y"))  # type: ignore[arg-type]
+    y_outer = y_ns.addr4 if outer == 4 else y_ns.addr6
+    link_pair(
+        mine,
+        theirs,
+        x_endpoint=endpoint(y_outer, PORT_Y),
+        y_endpoint=None,
+        x_port=PORT_X,
+        y_port=PORT_Y,
+    )
+    for daemon in (mine, theirs):
+        daemon.ip("link", "set", daemon.name, "mtu", str(mtu))
+    x_inner, y_inner = (X4, Y4) if inner == 4 else ("fd00:77::1", "fd00:77::2")
+    wait_for_ping(x_ns, y_inner)
+    for sender, receiver, address in ((x_ns, y_ns, y_inner), (y_ns, x_ns, x_inner)):
+        sent, received = transfer(sender, receiver, address, megabytes=6)
+        assert len(sent.split()) == STREAMS
+        assert received == sent
+    assert mine.running()
+    log = mine.process.stderr_path.read_text()
+    expected = {"off": "one packet at a time", "batch": "offload engine", "tso": "with TSO"}
+    assert expected[mode] in log

@@ -143,6 +143,9 @@ class _Interface:
         self.device = device
         self.core = core
         self.sockets: dict[int, socket.socket] = {}
+        # The offload engine runs when the device has virtio-net headers; then the sockets
+        # receive UDP GRO trains, which the plain loop would take for one odd datagram.
+        self.offloaded = device.config.vnet_hdr
         self.gso = True  # cleared if the kernel refuses UDP_SEGMENT
         self.link_up = True
         self.timer_wakeup = trio.Event()
@@ -169,12 +172,13 @@ class _Interface:
                 for sock in new.values():
                     sock.close()
                 new = {}
-                v4 = _udp_socket(socket.AF_INET, ("0.0.0.0", port), self.core.fwmark)  # noqa: S104
+                anywhere = "0.0.0.0"  # noqa: S104 (the wildcard address: every interface)
+                v4 = _udp_socket(socket.AF_INET, (anywhere, port), self.core.fwmark, self.offloaded)
                 new[socket.AF_INET] = v4
                 chosen = v4.getsockname()[1]
                 try:
                     new[socket.AF_INET6] = _udp_socket(
-                        socket.AF_INET6, ("::", chosen, 0, 0), self.core.fwmark
+                        socket.AF_INET6, ("::", chosen, 0, 0), self.core.fwmark, self.offloaded
                     )
                 except OSError as exc:
                     if exc.errno == errno.EADDRINUSE and port == 0 and attempt < 9:
@@ -383,7 +387,7 @@ def _short(key: PublicKey) -> str:
     return key.to_base64()[:8] + "…"
 
 
-def _udp_socket(family: int, address: tuple[Any, ...], fwmark: int) -> socket.socket:
+def _udp_socket(family: int, address: tuple[Any, ...], fwmark: int, gro: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
         if family == socket.AF_INET6:
@@ -393,8 +397,9 @@ def _udp_socket(family: int, address: tuple[Any, ...], fwmark: int) -> socket.so
         if fwmark:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
         sock.bind(address)
-        with contextlib.suppress(OSError):  # an old kernel: one datagram per receive
-            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        if gro:
+            with contextlib.suppress(OSError):  # an old kernel: one datagram per receive
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         # Which of our addresses each datagram arrived at, to answer from it (sticky.py).
         sticky.enable_destination_info(sock)
     except OSError:
@@ -446,7 +451,7 @@ async def run_interface(
     iface.bind(core.listen_port)
     device_to_network: Callable[[_Interface], Awaitable[None]]
     network_to_device: Callable[[_Interface, socket.socket], Awaitable[None]]
-    if device.config.vnet_hdr:
+    if iface.offloaded:
         tso = offload_mode() is OffloadMode.TSO and _enable_tso(device)
         log.info("data path: the offload engine%s", " with TSO" if tso else "")
         device_to_network = _offload_device_to_network
