@@ -50,9 +50,14 @@ def typecheck(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Throughput and latency benchmarks (never part of pass/fail tests)."""
-    session.install("-e", ".")
+    session.install("-e", ".[test]", "py-spy")
     if os.geteuid() != 0:
         session.error("the benchmark needs root (it builds namespaces and runs iperf3)")
-    session.run("python", "tests/bench/run.py", *(session.posargs or ["--streams", "1,4"]))
+    session.run(
+        "python",
+        "tests/bench/run.py",
+        *(session.posargs or ["--streams", "1,4", "--profile", "minivpn"]),
+    )
     if not session.posargs:
         session.run("python", "tests/bench/floor.py")
+        session.run("python", "tests/bench/core_bench.py")

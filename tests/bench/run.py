@@ -1,7 +1,8 @@
-"""Throughput and latency benchmark: minivpn against the raw veth and wireguard-go.
+"""Throughput and latency benchmark: minivpn against the raw veth and two wireguard-go builds.
 
 Run it with ``nox -s bench`` (root; it re-runs itself inside ``netns/isolate``) or directly as
-``netns/isolate python tests/bench/run.py [--rounds N] [--duration S] [PROGRAM ...]``.
+``netns/isolate python tests/bench/run.py [--rounds N] [--duration S] [--profile minivpn]
+[PROGRAM ...]``.
 
 Method (the same as ``shared/bench/peers.sh``, so the figures compare): for every program two
 fresh namespaces joined by a veth pair (198.51.100.1/24 <-> .2/24), one tunnel end in each, inner
@@ -9,8 +10,12 @@ addresses 10.99.N.1/24 and 10.99.N.2/24, tunnel MTU 1420.  All tunnels stay up; 
 the program order rotated each round, each one ``iperf3 -c <inner B> -t DURATION -J`` (client in A,
 server in B, TCP, one stream; optionally ``-P 4``) recording the receiver's Mbit/s, followed by
 ``ping -c 20 -i 0.05`` A->B through the tunnel; a second ping runs alongside every iperf3 run
-(latency under load, lost probes counted).  The table gives each program's median and its ratio
-to wireguard-go's median from the same run.  This is a benchmark, never a pass/fail test.
+(latency under load, lost probes counted).  Each round starts once the 1-minute load average is
+under 1.0 (at most two minutes of waiting; the table is marked noisy otherwise), and the averages
+are printed under the table.  The table gives each program's median and its ratio to the median
+of upstream wireguard-go 0.0.20250522 (``../shared/bench/bin``, or ``MINIVPN_WG_GO_2025``;
+skipped with a note if absent) and of Debian's 0.0.20220316, from the same run.  This is a
+benchmark, never a pass/fail test.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -89,7 +94,7 @@ def _keypair() -> tuple[str, str]:
 
 
 def _setup_userspace_wireguard(
-    daemon: Callable[[str], list[str]], tag: str
+    daemon: Callable[[str], list[str]], tag: str, env: dict[str, str] | None = None
 ) -> Callable[[Topology, Namespace, Namespace, int], tuple[str, list[int]]]:
     """Any program with wireguard-go's contract (``PROG -f IFNAME`` + UAPI), set up with wg."""
 
@@ -98,7 +103,8 @@ def _setup_userspace_wireguard(
         pids = []
         for side, ns, other, peer_addr in (("a", a, "b", b.addr4), ("b", b, "a", a.addr4)):
             dev = f"{tag}{net}{side}"
-            proc = ns.popen(daemon(dev), env={**os.environ, "LOG_LEVEL": "error"})
+            variables = {**os.environ, "LOG_LEVEL": "error", **(env or {})}
+            proc = ns.popen(daemon(dev), env=variables)
             pids.append(proc.pid)
             _wait_for(lambda dev=dev: Path(f"/var/run/wireguard/{dev}.sock").exists())
             keyfile = Path(f"/run/bench-{dev}.key")
@@ -169,6 +175,11 @@ WG_GO_2025 = Path(
     os.environ.get("MINIVPN_WG_GO_2025", ROOT.parent / "shared/bench/bin/wireguard-go-0.0.20250522")
 )
 
+
+def _minivpnd(dev: str) -> list[str]:
+    return [sys.executable, "-m", "minivpn.daemon", "-f", dev]
+
+
 SETUPS = {
     "veth": Setup("veth", 0, setup_veth),
     "wireguard-go-2025": Setup(
@@ -179,12 +190,13 @@ SETUPS = {
     "wireguard-go": Setup(
         "wireguard-go", 1, _setup_userspace_wireguard(lambda dev: ["wireguard-go", "-f", dev], "wg")
     ),
-    "minivpn": Setup(
-        "minivpn",
-        2,
-        _setup_userspace_wireguard(
-            lambda dev: [sys.executable, "-m", "minivpn.daemon", "-f", dev], "mv"
-        ),
+    # minivpnd as it starts by default (MINIVPN_OFFLOAD unset: the offload engine, no TSO).
+    "minivpn": Setup("minivpn", 2, _setup_userspace_wireguard(_minivpnd, "mv")),
+    "minivpn-tso": Setup(
+        "minivpn-tso", 7, _setup_userspace_wireguard(_minivpnd, "mt", {"MINIVPN_OFFLOAD": "tso"})
+    ),
+    "minivpn-off": Setup(
+        "minivpn-off", 8, _setup_userspace_wireguard(_minivpnd, "mo", {"MINIVPN_OFFLOAD": "off"})
     ),
     "minivpn-tunnel-udp": Setup("minivpn-tunnel-udp", 3, _setup_minivpn_tunnel("udp")),
     "minivpn-tunnel-tcp": Setup("minivpn-tunnel-tcp", 4, _setup_minivpn_tunnel("tcp")),
@@ -192,6 +204,29 @@ SETUPS = {
         "minivpn-tunnel-udp-offload", 5, _setup_minivpn_tunnel("udp", "--offload")
     ),
 }
+#: The reference of the ratio column, and the second one.
+REFERENCE, SECOND_REFERENCE = "wireguard-go-2025", "wireguard-go"
+#: A round starts once the 1-minute load average is under this (or after QUIET_WAIT seconds;
+#: the table is then marked noisy).
+QUIET_LOAD = 1.0
+QUIET_WAIT = 120.0
+
+
+def load_average() -> float:
+    """The 1-minute load average (``/proc/loadavg``)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def wait_for_quiet() -> float:
+    """Wait (at most QUIET_WAIT s) for the load average to fall under QUIET_LOAD; return it.
+
+    Our own iperf3 runs keep both cores busy, so right after a round the average is 2-3 and
+    takes about a minute to decay: waiting measures the machine, not the previous round.
+    """
+    deadline = time.monotonic() + QUIET_WAIT
+    while (load := load_average()) >= QUIET_LOAD and time.monotonic() < deadline:
+        time.sleep(2.0)
+    return load
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -257,6 +292,35 @@ def ping_rtt(a: Namespace, dst: str) -> float:
     return float(m.group(1)) if m else float("nan")
 
 
+def profile(name: str, a: Namespace, b: Namespace, dst: str, pids: list[int]) -> None:
+    """py-spy both tunnel ends of *name* during one iperf3 run; print their top frames."""
+    if not shutil.which("py-spy"):
+        print("bench: py-spy is not installed: no profile", file=sys.stderr)
+        return
+    spies = []
+    for side, pid in zip("AB", pids, strict=False):
+        out = Path(f"/run/bench-spy-{side}.txt")
+        command = ["py-spy", "record", "-r", "200", "-d", "5", "-f", "raw", "-n", "-o", str(out)]
+        spies.append((side, out, subprocess.Popen([*command, "-p", str(pid)], **QUIET)))
+    mbit = iperf(a, b, dst, 6, 1, [])
+    print(f"\npy-spy on both ends of {name} (one stream, {mbit:.0f} Mbit/s while profiled):")
+    for side, out, spy in spies:
+        spy.wait(timeout=60)
+        leaf: dict[str, int] = {}
+        total = 0
+        for line in out.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            frame = stack.rsplit(";", 1)[-1]
+            leaf[frame] = leaf.get(frame, 0) + int(count)
+            total += int(count)
+        print(f"\n| side {side}: leaf frame | share |\n|---|---|")
+        for frame, count in sorted(leaf.items(), key=lambda item: -item[1])[:12]:
+            print(f"| `{frame}` | {100 * count / max(total, 1):.1f}% |")
+
+
+QUIET: dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("programs", nargs="*", default=list(SETUPS), help=", ".join(SETUPS))
@@ -270,6 +334,9 @@ def main() -> int:
         default="200,1000,4000",
         help="offered initiations/s for the handshake table (handshakes.py); 'none': skip it",
     )
+    parser.add_argument(
+        "--profile", metavar="PROGRAM", help="afterwards, py-spy both ends of PROGRAM (minivpn)"
+    )
     args = parser.parse_args()
     if os.environ.get("MINIVPN_ISOLATED") != "1":
         isolate = str(ROOT / "netns/isolate")
@@ -281,8 +348,12 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown programs: {', '.join(sorted(unknown))}")
     programs = [p for p in SETUPS if p in args.programs]
-    if "wireguard-go" not in programs:
-        programs.insert(0, "wireguard-go")
+    for reference in (SECOND_REFERENCE, REFERENCE):
+        if reference not in programs:
+            programs.insert(0, reference)
+    if not WG_GO_2025.is_file():
+        print(f"bench: no {WG_GO_2025} (MINIVPN_WG_GO_2025): skipping it", file=sys.stderr)
+        programs.remove(REFERENCE)
     stream_counts = [int(n) for n in args.streams.split(",")]
     results: dict[tuple[str, int], list[float]] = {
         (p, n): [] for p in programs for n in stream_counts
@@ -290,6 +361,7 @@ def main() -> int:
     rtts: dict[str, list[float]] = {p: [] for p in programs}
     loaded: dict[str, list[float]] = {p: [] for p in programs}
     rss: dict[str, int] = {}
+    loads: list[float] = []
     with Topology("bn") as topo:
         ends = {}
         for name in programs:
@@ -300,6 +372,8 @@ def main() -> int:
             ends[name] = (a, b, dst, pids)
             print(f"bench: {name} up", file=sys.stderr)
         for r in range(args.rounds):
+            loads.append(wait_for_quiet())
+            print(f"bench: round {r + 1}, load average {loads[-1]:.2f}", file=sys.stderr)
             order = programs[r % len(programs) :] + programs[: r % len(programs)]
             for name in order:
                 a, b, dst, pids = ends[name]
@@ -316,30 +390,11 @@ def main() -> int:
         for name in programs:
             pids = ends[name][3]
             rss[name] = rss_kib(pids) // max(len(pids), 1)
-    print(
-        f"\n{args.rounds} rounds x {args.duration} s, tunnel MTU {MTU}, Mbit/s at the iperf3 "
-        "receiver (median, with min..max); ratio = median / wireguard-go's median\n"
-    )
-    header = "| program |"
-    for streams in stream_counts:
-        header += f" TCP -P {streams} | ratio |"
-    print(header + " ping avg ms | ping under load: median, p99 ms | RSS per end (MiB) |")
-    print("|---|" + "---|---|" * len(stream_counts) + "---|---|---|")
-    for name in programs:
-        row = f"| {name} |"
-        for streams in stream_counts:
-            vals = results[(name, streams)]
-            med = statistics.median(vals)
-            ref = statistics.median(results[("wireguard-go", streams)])
-            row += f" {med:.0f} ({min(vals):.0f}..{max(vals):.0f}) | {med / ref:.2f} |"
-        memory = f"{rss[name] / 1024:.1f}" if rss[name] else "-"
-        under = sorted(loaded[name])
-        p99 = under[min(len(under) - 1, int(len(under) * 0.99))] if under else math.nan
-        lost = sum(1 for rtt in under if rtt >= 1000.0)
-        under_load = f"{statistics.median(under) if under else math.nan:.2f}, {p99:.2f}"
-        if lost:
-            under_load += f" ({lost} of {len(under)} lost)"
-        print(row + f" {statistics.median(rtts[name]):.3f} | {under_load} | {memory} |")
+        print_table(args, programs, stream_counts, results, rtts, loaded, rss, loads)
+        if args.profile in ends:
+            wait_for_quiet()
+            a, b, dst, pids = ends[args.profile]
+            profile(args.profile, a, b, dst, pids)
     if "minivpn" in programs and args.handshake_rates != "none":
         import handshakes  # tests/bench/handshakes.py, next to this file
 
@@ -349,6 +404,51 @@ def main() -> int:
             handshakes.measure(daemons, rates=rates, duration=args.duration), daemons
         )
     return 0
+
+
+def print_table(
+    args: argparse.Namespace,
+    programs: list[str],
+    stream_counts: list[int],
+    results: dict[tuple[str, int], list[float]],
+    rtts: dict[str, list[float]],
+    loaded: dict[str, list[float]],
+    rss: dict[str, int],
+    loads: list[float],
+) -> None:
+    """The results as a Markdown table, ratios against both wireguard-go builds."""
+    references = [ref for ref in (REFERENCE, SECOND_REFERENCE) if ref in programs]
+    noisy = any(load >= QUIET_LOAD for load in loads)
+    print(
+        f"\n{args.rounds} rounds x {args.duration} s, tunnel MTU {MTU}, Mbit/s at the iperf3 "
+        "receiver (median, with min..max); ratio = median / the median of "
+        + " and of ".join(references)
+        + " in the same run"
+        + ("\n\n**NOISY**: a round started with the load average at 1.0 or more" if noisy else "")
+        + "\n"
+    )
+    header = "| program |"
+    for streams in stream_counts:
+        header += f" TCP -P {streams} |" + "".join(f" vs {ref} |" for ref in references)
+    print(header + " ping avg ms | ping under load: median, p99 ms | RSS per end (MiB) |")
+    print("|---|" + ("---|" * (1 + len(references))) * len(stream_counts) + "---|---|---|")
+    for name in programs:
+        row = f"| {name} |"
+        for streams in stream_counts:
+            vals = results[(name, streams)]
+            med = statistics.median(vals)
+            row += f" {med:.0f} ({min(vals):.0f}..{max(vals):.0f}) |"
+            for ref in references:
+                row += f" {med / statistics.median(results[(ref, streams)]):.2f} |"
+        memory = f"{rss[name] / 1024:.1f}" if rss[name] else "-"
+        under = sorted(loaded[name])
+        p99 = under[min(len(under) - 1, int(len(under) * 0.99))] if under else math.nan
+        lost = sum(1 for rtt in under if rtt >= 1000.0)
+        under_load = f"{statistics.median(under) if under else math.nan:.2f}, {p99:.2f}"
+        if lost:
+            under_load += f" ({lost} of {len(under)} lost)"
+        print(row + f" {statistics.median(rtts[name]):.3f} | {under_load} | {memory} |")
+    print("\n1-minute load average as each round started: " + ", ".join(f"{x:.2f}" for x in loads))
 
 
 if __name__ == "__main__":

@@ -59,9 +59,9 @@ import trio
 from minivpn.errors import MinivpnError
 from minivpn.runtime.uapi_server import UapiSocket, prepare_socket, socket_path
 from minivpn.tuntap.aio import TunDevice
-from minivpn.tuntap.device import open_device
+from minivpn.tuntap.device import get_features, open_device
 from minivpn.tuntap.errors import DeviceBusy, DeviceGone, NotATunDevice, TunError
-from minivpn.tuntap.ioctl import DeviceConfig, Mode
+from minivpn.tuntap.ioctl import IFF_VNET_HDR, DeviceConfig, Mode
 from minivpn.tuntap.listing import read_tun_flags
 from minivpn.wireguard.timers import DEFAULT_MTU
 
@@ -453,10 +453,11 @@ def open_interface(
             be made.
         TunError: the device cannot be created or attached (its subclasses say why).
     """
-    # The offload engine reads and writes behind a virtio-net header; the plain loop without.
+    # The offload engine reads and writes behind a virtio-net header; the plain loop without
+    # (and it is what runs where the kernel has no such header).
     from minivpn.runtime.vpn import OffloadMode, offload_mode
 
-    vnet_hdr = offload_mode() is not OffloadMode.OFF
+    vnet_hdr = offload_mode() is not OffloadMode.OFF and bool(get_features() & IFF_VNET_HDR)
     uapi = prepare_socket(name, socket_dir)
     try:
         fd, actual_name, flags = open_device(name, Mode.TUN, vnet_hdr=vnet_hdr, exclusive=exclusive)

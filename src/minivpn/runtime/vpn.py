@@ -452,8 +452,12 @@ async def run_interface(
     device_to_network: Callable[[_Interface], Awaitable[None]]
     network_to_device: Callable[[_Interface, socket.socket], Awaitable[None]]
     if iface.offloaded:
-        tso = offload_mode() is OffloadMode.TSO and _enable_tso(device)
-        log.info("data path: the offload engine%s", " with TSO" if tso else "")
+        if offload_mode() is not OffloadMode.TSO:
+            log.info("data path: the offload engine")
+        elif _enable_tso(device):
+            log.info("data path: the offload engine with TSO")
+        else:
+            log.info("data path: the offload engine (the kernel refused TSO)")
         device_to_network = _offload_device_to_network
         network_to_device = _offload_network_to_device
     else:
