@@ -57,6 +57,11 @@ from minivpn.wireguard.noise import (  # noqa: E402
 )
 from netns import Namespace, Topology  # noqa: E402
 
+#: Upstream wireguard-go 0.0.20250522 (as in run.py).
+WG_GO_2025 = Path(
+    os.environ.get("MINIVPN_WG_GO_2025", ROOT.parent / "shared/bench/bin/wireguard-go-0.0.20250522")
+)
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -73,9 +78,12 @@ _U32 = struct.Struct("<I")
 
 #: How to start each program: the command for interface IFNAME (wireguard-go's contract).
 DAEMONS: dict[str, Callable[[str], list[str]]] = {
+    "wireguard-go-2025": lambda dev: [str(WG_GO_2025), "-f", dev],
     "wireguard-go": lambda dev: ["wireguard-go", "-f", dev],
     "minivpn": lambda dev: [sys.executable, "-m", "minivpn.daemon", "-f", dev],
 }
+#: The reference of the ratio column (``run.py``'s), if present.
+REFERENCE = "wireguard-go-2025"
 
 
 class Initiations:
@@ -253,14 +261,15 @@ def generate(workdir: Path, destination: tuple[str, int], rate: int, duration: f
 
 
 def print_table(results: dict[tuple[str, int], tuple[float, float]], programs: list[str]) -> None:
-    """The Markdown table: responses and cookie replies per second, ratio to wireguard-go."""
+    """The Markdown table: responses and cookie replies per second, ratio to the reference."""
     rates = sorted({rate for _, rate in results})
     print("\n| program | offered initiations/s | responses/s | ratio | cookie replies/s |")
     print("|---|---|---|---|---|")
     for program in programs:
         for rate in rates:
             responses, cookies = results[(program, rate)]
-            reference = results.get(("wireguard-go", rate), (0.0, 0.0))[0]
+            reference = results.get((REFERENCE, rate), results.get(("wireguard-go", rate)))
+            reference = reference[0] if reference else 0.0
             ratio = f"{responses / reference:.2f}" if reference else "-"
             print(f"| {program} | {rate} | {responses:.0f} | {ratio} | {cookies:.0f} |")
 
@@ -288,6 +297,9 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown programs: {', '.join(sorted(unknown))}")
     programs = [p for p in DAEMONS if p in args.programs]
+    if REFERENCE in programs and not WG_GO_2025.is_file():
+        print(f"bench: no {WG_GO_2025}: skipping {REFERENCE}", file=sys.stderr)
+        programs.remove(REFERENCE)
     rates = [int(rate) for rate in args.rates.split(",")]
     results = measure(programs, rates=rates, duration=args.duration, peers=args.peers)
     print_table(results, programs)

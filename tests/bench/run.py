@@ -398,7 +398,7 @@ def main() -> int:
     if "minivpn" in programs and args.handshake_rates != "none":
         import handshakes  # tests/bench/handshakes.py, next to this file
 
-        daemons = ["wireguard-go", "minivpn"]
+        daemons = [d for d in ("wireguard-go-2025", "wireguard-go", "minivpn") if d in programs]
         rates = [int(rate) for rate in args.handshake_rates.split(",")]
         handshakes.print_table(
             handshakes.measure(daemons, rates=rates, duration=args.duration), daemons
