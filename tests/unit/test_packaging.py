@@ -17,8 +17,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from tests.helpers.wheel import REPO_ROOT, build_wheel
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 VERSION = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
 #: The only top-level names the wheel may put into site-packages.
 INSTALLED = {"minivpn", f"minivpn-{VERSION}.dist-info"}
@@ -37,14 +37,7 @@ def _run(*command: str | Path, cwd: Path | None = None) -> subprocess.CompletedP
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    built = _run(
-        sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-        "--wheel-dir", out, REPO_ROOT,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stdout + built.stderr
-    (path,) = out.glob("minivpn-*.whl")
-    return path
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def test_the_wheel_holds_only_minivpn(wheel: Path) -> None:
