@@ -8,10 +8,15 @@ are skipped, or fail when ``MINIVPN_REQUIRE_NETNS=1`` says they must run (as in 
 from __future__ import annotations
 
 import os
+import signal
+from typing import TYPE_CHECKING
 
 import pytest
 
 import netns
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -27,3 +32,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=reason))
         if item.get_closest_marker("realroot") and (rootless or os.geteuid() != 0):
             item.add_marker(pytest.mark.skip(reason="needs real root to act as a second user"))
+
+
+@pytest.fixture
+def sigint_not_ignored() -> Iterator[None]:
+    """For the test, SIGINT raises KeyboardInterrupt here and kills the children it starts.
+
+    A shell without job control starts background jobs (``nox &`` in a script, some CI runners)
+    with SIGINT ignored, and an ignored signal stays ignored across ``exec``: Python installs no
+    handler, nor does the demo (on purpose, as under ``nohup``), and every child inherits it.
+    Tests of Ctrl-C need it back; afterwards it is as it was.
+    """
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)

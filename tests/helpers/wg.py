@@ -7,7 +7,7 @@ The interop and robustness tests run the real programs a user runs, as a user ru
   socket in ``/var/run/wireguard`` (which every namespace of the test shares: the mount
   namespace of ``netns/isolate`` is one for all, so interface names must be unique);
 * configured only with ``wg set`` / ``wg setconf``, keys made by ``wg genkey``;
-* watched with ``wg show NAME dump``, ``ping``, ``iperf3``, ``tcpdump`` captures and, for
+* watched with ``wg show NAME dump``, ``ping``, ``iperf3``, ``dumpcap`` captures and, for
   minivpnd, the report it logs on SIGUSR1 (per-peer counters and drops by reason).
 
 Everything here waits with a bound and fails with the daemon's own output when the bound
@@ -776,7 +776,7 @@ class Datagram:
 
 
 def read_pcap(path: Path) -> list[Datagram]:
-    """The UDP datagrams of a pcap file of Ethernet frames (what ``tcpdump -w`` writes).
+    """The UDP datagrams of a pcap file of Ethernet frames (what ``dumpcap -P -w`` writes).
 
     A record still being written (cut short) ends the list.  Only IPv4 and IPv6 without
     extension headers are decoded; anything else is skipped.
@@ -817,7 +817,11 @@ def read_pcap(path: Path) -> list[Datagram]:
 
 
 class Capture:
-    """``tcpdump -w`` on one link of a namespace, read back as UDP datagrams.
+    """``dumpcap -w`` on one link of a namespace, read back as UDP datagrams.
+
+    dumpcap (Wireshark's capture program), not tcpdump: tcpdump started as root changes to its
+    own user, which a user namespace cannot do (``tests/helpers/tools.py``), and capturing
+    needs root in the namespace.  dumpcap writes what it caught at least every half second.
 
     Args:
         ns: the namespace.
@@ -829,22 +833,22 @@ class Capture:
 
     def __init__(self, ns: Namespace, link: str, bpf: str, log_dir: Path, name: str) -> None:
         self.path = log_dir / f"{name}.pcap"
-        # -U: write each packet at once; -Z root: keep the right to write into log_dir.
+        # -P: pcap, not pcapng; -q: no packet counts on stderr.
         self.process = start(
             ns,
-            ["tcpdump", "-i", link, "-n", "-U", "-Z", "root", "-s", "2048", "-w", str(self.path),
-             bpf],
+            ["dumpcap", "-q", "-P", "-i", link, "-s", "2048", "-f", bpf, "-w", str(self.path)],
             log_dir,
             name,
-        )  # fmt: skip
-        self.process.wait_for("listening on", timeout=15)
+        )
+        # "File: PATH" comes once the link is open and the file made ("Capturing on" before).
+        self.process.wait_for("^File: ", timeout=15)
 
     def datagrams(self) -> list[Datagram]:
         """Everything captured so far."""
         return read_pcap(self.path) if self.path.exists() else []
 
     def stop(self) -> list[Datagram]:
-        """Stop tcpdump and return everything it captured."""
+        """Stop dumpcap and return everything it captured."""
         if self.process.running():
             self.process.stop(signal.SIGINT)
         return self.datagrams()

@@ -285,6 +285,22 @@ def test_exits_on_signal_and_cleans_up(
     assert not (SOCKET_DIR / f"{name}.sock").exists()
 
 
+def test_a_sigint_during_start_up_counts_when_started_ignoring_sigint(
+    topo: Topology, daemons: Daemons
+) -> None:
+    """A script's background job starts with SIGINT ignored.  minivpnd, like wireguard-go,
+    stops on SIGINT all the same, even on one that arrives while it starts (stop_signals_held)."""
+    ns = topo.namespace()
+    name = fresh_name("i")
+    ignoring = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *MINIVPND, name]
+    result = ns.run(ignoring, check=False, timeout=30, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    pid = daemons.find(name)  # the daemon has just taken over the socket: it is starting trio
+    os.kill(pid, signal.SIGINT)
+    daemons.wait_gone(pid)
+    assert link(ns, name) is None
+
+
 @pytest.mark.parametrize("how", ["-f", "--foreground", "WG_PROCESS_FOREGROUND=1"])
 def test_foreground(topo: Topology, tmp_path: Path, how: str) -> None:
     ns = topo.namespace()

@@ -189,6 +189,7 @@ def test_demo_in_a_user_namespace() -> None:
     check_nothing_left(result.stdout, tag, link_names())
 
 
+@pytest.mark.usefixtures("sigint_not_ignored")  # the demo leaves an ignored SIGINT ignored
 def test_sigint_tears_everything_down(tmp_path: Path) -> None:
     """Ctrl-C half-way: the demo stops its processes and deletes its namespaces, status 130."""
     links_before = link_names()

@@ -31,6 +31,7 @@ from tests.helpers.procs import (
     start_minivpn,
     wait_until,
 )
+from tests.helpers.tools import tcpdump
 
 from minivpn.framing.decode import Link
 from minivpn.framing.pcap import pcap_record
@@ -90,7 +91,7 @@ def captured(stderr: str) -> tuple[int, int | None]:
 
 def tcpdump_lines(ns: Namespace, pcap: Path, *, ethernet: bool) -> list[str]:
     """What ``tcpdump -n -r`` (with ``-e`` for Ethernet) prints for the capture file."""
-    result = ns.run(["tcpdump", "-n", *(["-e"] if ethernet else []), "-r", str(pcap)], timeout=30)
+    result = ns.run(tcpdump("-n", *(["-e"] if ethernet else []), "-r", str(pcap)), timeout=30)
     return result.stdout.splitlines()
 
 

@@ -30,12 +30,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import trio
 from tests.helpers.runas import run_cli_as
+from tests.helpers.wg import SOCKET_DIR
 
 from minivpn.cli.show import FIELDS
 from minivpn.runtime.uapi_server import prepare_socket, serve_uapi
@@ -45,13 +45,13 @@ from netns import Topology
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.skipif(
     shutil.which("wireguard-go") is None or shutil.which("wg") is None,
     reason="needs wireguard-go and wg",
 )
 
-SOCKET_DIR = Path("/var/run/wireguard")
 _counter = iter(range(10_000))
 
 

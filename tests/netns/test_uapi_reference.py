@@ -24,10 +24,10 @@ import socket
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.helpers.wg import SOCKET_DIR
 
 from minivpn.wireguard.config import Config, Endpoint, InterfaceConfig, PeerConfig, parse_config
 from minivpn.wireguard.config import format_config as format_config_text
@@ -55,6 +55,7 @@ from netns import Topology
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 # Outside netns/isolate, tests/conftest.py skips this module (or fails it, in CI).
 pytestmark = [
@@ -65,7 +66,6 @@ pytestmark = [
     ),
 ]
 
-SOCKET_DIR = Path("/var/run/wireguard")
 IFACE = "wgtest0"
 
 

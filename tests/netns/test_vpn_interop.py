@@ -6,7 +6,7 @@ only, and checks what a user would check, with independent witnesses:
 
 * ``ping`` and ``iperf3`` through the tunnel, over IPv4 and IPv6 inside and outside;
 * ``wg show`` on *both* sides: who learnt which endpoint, handshake times, byte counters;
-* ``tcpdump`` on the veth for what is on the wire (persistent keepalives);
+* ``dumpcap`` on the veth for what is on the wire (persistent keepalives);
 * minivpnd's SIGUSR1 report, for what it dropped and why.
 
 Who initiates a handshake is decided by who is *told* the other's endpoint: the side without
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
     from netns import Namespace
 
 pytestmark = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("wg", "wireguard-go", "iperf3", "tcpdump")),
-    reason="needs wg, wireguard-go, iperf3 and tcpdump",
+    not all(shutil.which(tool) for tool in ("wg", "wireguard-go", "iperf3", "dumpcap")),
+    reason="needs wg, wireguard-go, iperf3 and dumpcap",
 )
 
 A4, A6 = "10.77.0.1", "fd00:77::1"

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
+from tests.helpers.keys import LOW_ORDER_POINTS
 from tests.helpers.procs import ping, wait_for_ping, wait_until
 from tests.helpers.wg import (
     Daemon,
@@ -73,16 +74,6 @@ INNER1 = ("10.241.0.1", "fd00:241::1")
 INNER2 = ("10.241.0.2", "fd00:241::2")
 #: netns.sh's large MTU: 34816 - 1500 + the default 1420.
 BIG_MTU = 34816 - 1500 + 1420
-#: The low-order points of Curve25519 (as the kernel's netns.sh lists them).
-LOW_ORDER_POINTS = (
-    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=",
-    "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
-    "7P///////////////////////////////////////38=",
-    "7f///////////////////////////////////////38=",
-    "7v///////////////////////////////////////38=",
-)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Hostile and broken datagrams against a working minivpn session, with traffic flowing.
 
 Three namespaces on one bridge: minivpnd (the target, 198.51.100.1), its wireguard-go peer
-(.2) and an attacker (.3).  wireguard-go initiates the session, and ``tcpdump`` records what it
+(.2) and an attacker (.3).  wireguard-go initiates the session, and ``dumpcap`` records what it
 sends to minivpn: a real handshake initiation and real data messages.  While iperf3 pushes TCP
 through the tunnel, the attacker sends minivpn's UDP port
 
@@ -49,8 +49,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 pytestmark = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("wg", "wireguard-go", "iperf3", "tcpdump")),
-    reason="needs wg, wireguard-go, iperf3 and tcpdump",
+    not all(shutil.which(tool) for tool in ("wg", "wireguard-go", "iperf3", "dumpcap")),
+    reason="needs wg, wireguard-go, iperf3 and dumpcap",
 )
 
 PORT_A, PORT_B = 51820, 51821

@@ -21,11 +21,11 @@ import socket
 import struct
 import subprocess
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
 import pytest
+from tests.helpers.wg import SOCKET_DIR
 
 from minivpn.framing.decode import Link
 from minivpn.framing.responder import answer_untrusted, internet_checksum
@@ -42,6 +42,7 @@ from minivpn.wireguard.uapi import PeerSet, SetRequest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
+    from pathlib import Path
 
 pytestmark = [
     pytest.mark.netns,
@@ -51,7 +52,6 @@ pytestmark = [
     ),
 ]
 
-SOCKET_DIR = Path("/var/run/wireguard")
 GO_PORT = 51820
 GO_ADDRESS = "10.77.0.1"
 CORE_ADDRESS = "10.77.0.2"

@@ -13,9 +13,10 @@ import sys
 import zipfile
 from pathlib import Path
 
+from tests.helpers.wheel import REPO_ROOT, build_wheel
+
 from minivpn.documentation import doc_path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted(path.name for path in (REPO_ROOT / "docs").glob("*.md"))
 
 
@@ -25,12 +26,7 @@ def test_a_source_checkout_finds_its_docs() -> None:
 
 def test_the_wheel_installs_the_docs(tmp_path: Path) -> None:
     assert "vpn.md" in PAGES
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--quiet", "--wheel-dir", str(tmp_path / "dist"), str(REPO_ROOT)],
-        check=True, timeout=300, capture_output=True,
-    )  # fmt: skip
-    (wheel,) = (tmp_path / "dist").glob("minivpn-*.whl")
+    wheel = build_wheel(tmp_path / "dist")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"minivpn/docs/{page}" for page in PAGES} <= names
 

@@ -1,7 +1,7 @@
 """Tests for minivpn.framing.decode.
 
 The one-line summaries are checked against what the real ``tcpdump`` prints for the same
-bytes (packets built by the independent builders in ``test_framing_packets``), both for a
+bytes (packets built by the independent builders in ``tests/helpers/packets.py``), both for a
 fixed catalogue of interesting packets and for random well-formed ones.  The structured
 decoders are checked by round trips against the builders, and every ``*_untrusted`` function
 is fed arbitrary and mutated bytes.
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_framing_packets import (
+from tests.helpers.packets import (
     BROADCAST_MAC,
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
@@ -33,15 +33,14 @@ from test_framing_packets import (
     icmpv6_echo,
     ipv4,
     ipv6,
-    needs_tool,
     neighbor_solicitation,
     solicited_node,
     tcp,
-    tcpdump_lines,
     udp,
     v6,
     write_reference_pcap,
 )
+from tests.helpers.tools import needs_tool, tcpdump_lines
 
 from minivpn.framing.decode import (
     Link,

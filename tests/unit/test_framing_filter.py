@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import struct
 import subprocess
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_framing_packets import (
+from tests.helpers.packets import (
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
     MAC_A,
@@ -31,15 +31,18 @@ from test_framing_packets import (
     icmpv6_echo,
     ipv4,
     ipv6,
-    needs_tool,
     neighbor_solicitation,
     tcp,
     udp,
     write_reference_pcap,
 )
+from tests.helpers.tools import needs_tool, tcpdump
 
 from minivpn.framing.decode import Link
 from minivpn.framing.filter import FilterError, compile_filter
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = needs_tool("tcpdump")
 
@@ -117,24 +120,6 @@ EVERYDAY = [
     "icmp6 and icmp6[icmp6type] != icmp6-routersolicit",
     "!(tcp || udp) && ip",
 ]
-
-
-def in_a_user_namespace() -> bool:
-    """Whether this process runs in a user namespace (not every uid is mapped)."""
-    return Path("/proc/self/uid_map").read_text().split() != ["0", "0", "4294967295"]
-
-
-def tcpdump(*args: str) -> list[str]:
-    """``tcpdump ARGS``, runnable as root of a user namespace (an ordinary user's nox run).
-
-    tcpdump started as root changes to its own user once the file is open, and in a user
-    namespace that user is not mapped ("Couldn't change to 'tcpdump'"); as ``nobody`` of a child
-    user namespace it is not root and changes nothing.  (The same rule as the tcpdump runner of
-    the test helpers on the i10-unpriv branch; use that one once both are merged.)
-    """
-    if in_a_user_namespace():
-        return ["unshare", "--map-user=65534", "--map-group=65534", "--", "tcpdump", *args]
-    return ["tcpdump", *args]
 
 
 def selected_by_tcpdump(path: Path, expression: str) -> list[int]:

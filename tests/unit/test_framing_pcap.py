@@ -14,15 +14,8 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_framing_packets import (
-    MAC_A,
-    MAC_B,
-    UDP_PACKET_V4,
-    UDP_PACKET_V6,
-    ethernet,
-    needs_tool,
-    tshark_fields,
-)
+from tests.helpers.packets import MAC_A, MAC_B, UDP_PACKET_V4, UDP_PACKET_V6, ethernet
+from tests.helpers.tools import needs_tool, tcpdump, tshark_fields
 
 from minivpn.framing.errors import MalformedPacket
 from minivpn.framing.pcap import (
@@ -60,7 +53,7 @@ def test_tcpdump_reads_raw_ip_file(tmp_path: Path) -> None:
     path = tmp_path / "raw.pcap"
     _write(path, LINKTYPE_RAW, [(TIMESTAMP, UDP_PACKET_V4), (TIMESTAMP + 1.5, UDP_PACKET_V6)])
     result = subprocess.run(
-        ["tcpdump", "-n", "-tt", "-r", str(path)], capture_output=True, text=True, check=True
+        tcpdump("-n", "-tt", "-r", str(path)), capture_output=True, text=True, check=True
     )
     assert "link-type RAW" in result.stderr
     assert result.stdout.splitlines() == [
@@ -74,7 +67,7 @@ def test_tcpdump_reads_ethernet_file(tmp_path: Path) -> None:
     path = tmp_path / "ethernet.pcap"
     _write(path, LINKTYPE_ETHERNET, [(TIMESTAMP, ethernet(MAC_B, MAC_A, 0x0800, UDP_PACKET_V4))])
     result = subprocess.run(
-        ["tcpdump", "-n", "-e", "-t", "-r", str(path)], capture_output=True, text=True, check=True
+        tcpdump("-n", "-e", "-t", "-r", str(path)), capture_output=True, text=True, check=True
     )
     assert "link-type EN10MB" in result.stderr
     assert result.stdout.startswith(
@@ -100,7 +93,7 @@ def test_reader_reads_what_tcpdump_writes(tmp_path: Path, precision: str) -> Non
     records = [(TIMESTAMP, UDP_PACKET_V4), (TIMESTAMP + 0.25, UDP_PACKET_V6)]
     _write(ours, LINKTYPE_RAW, records)
     subprocess.run(
-        ["tcpdump", f"--time-stamp-precision={precision}", "-r", str(ours), "-w", str(theirs)],
+        tcpdump(f"--time-stamp-precision={precision}", "-r", str(ours), "-w", str(theirs)),
         capture_output=True,
         check=True,
     )

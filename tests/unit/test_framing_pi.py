@@ -7,7 +7,7 @@ import sys
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_framing_packets import UDP_PACKET_V4, UDP_PACKET_V6
+from tests.helpers.packets import UDP_PACKET_V4, UDP_PACKET_V6
 
 from minivpn.framing.errors import MalformedPacket
 from minivpn.framing.pi import (

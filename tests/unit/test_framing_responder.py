@@ -1,7 +1,7 @@
 """Tests for the ping/ARP/neighbor-discovery responder (minivpn.framing.responder).
 
 Replies are checked three ways, none of which trusts the responder's own checksum code: the
-plain reference checksum from ``test_framing_packets``, tshark's checksum validation, and
+plain reference checksum from ``tests/helpers/packets.py``, tshark's checksum validation, and
 tcpdump's reading of the reply.
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_framing_packets import (
+from tests.helpers.packets import (
     BROADCAST_MAC,
     LINKTYPE_ETHERNET,
     LINKTYPE_RAW,
@@ -27,16 +27,14 @@ from test_framing_packets import (
     icmpv6_echo,
     ipv4,
     ipv6,
-    needs_tool,
     neighbor_solicitation,
     pseudo_header6,
     reference_checksum,
     solicited_node,
-    tcpdump_lines,
-    tshark_fields,
     udp,
     write_reference_pcap,
 )
+from tests.helpers.tools import needs_tool, tcpdump_lines, tshark_fields
 
 from minivpn.framing.decode import Link
 from minivpn.framing.responder import answer_untrusted, internet_checksum

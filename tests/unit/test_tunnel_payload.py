@@ -1,7 +1,7 @@
 """The plain tunnel's sans-IO decisions: which datagrams reach the device, who the peer is.
 
 :func:`check_payload` is fed packets written field by field (the reference builders of
-``test_framing_packets``), the headers the kernel puts in front of them (PI, virtio-net, in
+``tests/helpers/packets.py``), the headers the kernel puts in front of them (PI, virtio-net, in
 the order ``tun_get_user`` reads them), boundary lengths, and arbitrary bytes.
 :class:`PeerFollower` is driven with explicit clock values: no sleeping.
 """
@@ -13,16 +13,7 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_framing_packets import (
-    MAC_A,
-    MAC_B,
-    ethernet,
-    icmp_echo,
-    icmpv6_echo,
-    ipv4,
-    ipv6,
-    tcp,
-)
+from tests.helpers.packets import MAC_A, MAC_B, ethernet, icmp_echo, icmpv6_echo, ipv4, ipv6, tcp
 
 from minivpn.framing.tunnel import (
     VNET_HDR_LEN,

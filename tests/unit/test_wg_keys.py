@@ -11,22 +11,10 @@ import subprocess
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.helpers.keys import LOW_ORDER_POINTS
 
 from minivpn.wireguard.errors import InvalidKey, LowOrderKey, WireGuardError
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
-
-# The seven low-order Curve25519 points the kernel's netns.sh configures as peers
-# (WireGuard/wireguard-linux-compat:src/tests/netns.sh): 0, 1, two points of order 8, and the
-# non-canonical encodings p-1, p and p+1.
-LOW_ORDER_POINTS = [
-    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=",
-    "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
-    "7P///////////////////////////////////////38=",
-    "7f///////////////////////////////////////38=",
-    "7v///////////////////////////////////////38=",
-]
 
 needs_wg = pytest.mark.skipif(
     shutil.which("wg") is None, reason="wg (wireguard-tools) not installed"

@@ -11,6 +11,7 @@ import random
 
 import attrs
 import pytest
+from tests.helpers.keys import LOW_ORDER_POINTS
 
 from minivpn.wireguard.cookie import CookieChecker, CookieGenerator
 from minivpn.wireguard.crypto import TransportCipher
@@ -41,17 +42,6 @@ from minivpn.wireguard.noise import (
     create_initiation,
     create_response,
 )
-
-# The seven low-order points of the kernel's netns.sh (as in test_wg_keys.py).
-LOW_ORDER_POINTS = [
-    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=",
-    "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
-    "7P///////////////////////////////////////38=",
-    "7f///////////////////////////////////////38=",
-    "7v///////////////////////////////////////38=",
-]
 
 WALL = 1_700_000_000.0  # wall-clock time for timestamps
 NOW = 1000.0  # monotonic time

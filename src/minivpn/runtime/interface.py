@@ -603,14 +603,25 @@ def stop_signals_held() -> Iterator[None]:
     them again before it removes it, so a stop signal either stops the interface cleanly or
     waits.  Signals still pending when the block ends arrived during teardown, when the
     interface was stopping anyway: they are dropped.
+
+    A process started with SIGINT ignored (a background job of a script, ``nohup``) gets
+    Python's SIGINT handler for the block.  Setting a signal to "ignored" discards it when it is
+    pending, and trio does exactly that, harmlessly it thinks, whenever it checks for the main
+    thread (``signal.signal(SIGINT, signal.getsignal(SIGINT))``): a SIGINT held here would be
+    lost, while one a moment later, once trio listens, stops the interface.
     """
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    sigint_ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if sigint_ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
             pass
+        if sigint_ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
