@@ -243,6 +243,18 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes so far (``/proc/PID/stat``), in seconds."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _children(pid: int) -> list[int]:
     try:
         kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -361,6 +373,7 @@ def main() -> int:
     rtts: dict[str, list[float]] = {p: [] for p in programs}
     loaded: dict[str, list[float]] = {p: [] for p in programs}
     rss: dict[str, int] = {}
+    cpu: dict[tuple[str, int], list[float]] = {(p, n): [] for p in programs for n in stream_counts}
     loads: list[float] = []
     with Topology("bn") as topo:
         ends = {}
@@ -378,7 +391,12 @@ def main() -> int:
             for name in order:
                 a, b, dst, pids = ends[name]
                 for streams in stream_counts:
+                    cpu_before = cpu_seconds(pids)
                     mbit = iperf(a, b, dst, args.duration, streams, loaded[name])
+                    if pids:
+                        gigabits = mbit * args.duration / 1000
+                        cost = (cpu_seconds(pids) - cpu_before) / len(pids) / gigabits
+                        cpu[(name, streams)].append(cost)
                     results[(name, streams)].append(mbit)
                     print(
                         f"bench: round {r + 1} {name} -P {streams}: {mbit:.0f} Mbit/s",
@@ -391,6 +409,7 @@ def main() -> int:
             pids = ends[name][3]
             rss[name] = rss_kib(pids) // max(len(pids), 1)
         print_table(args, programs, stream_counts, results, rtts, loaded, rss, loads)
+        print_cpu(programs, stream_counts, cpu)
         if args.profile in ends:
             wait_for_quiet()
             a, b, dst, pids = ends[args.profile]
@@ -449,6 +468,22 @@ def print_table(
             under_load += f" ({lost} of {len(under)} lost)"
         print(row + f" {statistics.median(rtts[name]):.3f} | {under_load} | {memory} |")
     print("\n1-minute load average as each round started: " + ", ".join(f"{x:.2f}" for x in loads))
+
+
+def print_cpu(
+    programs: list[str], stream_counts: list[int], cpu: dict[tuple[str, int], list[float]]
+) -> None:
+    """CPU seconds one tunnel end spends per gigabit carried (user + system, median of rounds).
+
+    Far less noisy than throughput on a shared machine: another process that takes the CPU
+    lowers the throughput, but not the CPU time each gigabit costs.
+    """
+    print("\n| program |" + "".join(f" CPU s/Gbit per end, -P {n} |" for n in stream_counts))
+    print("|---|" + "---|" * len(stream_counts))
+    for name in programs:
+        cells = [cpu[(name, n)] for n in stream_counts]
+        if all(cells):
+            print(f"| {name} |" + "".join(f" {statistics.median(c):.3f} |" for c in cells))
 
 
 if __name__ == "__main__":
