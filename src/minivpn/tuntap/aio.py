@@ -36,16 +36,13 @@ variants: :meth:`TunDevice.read_nowait_into` reads into a preallocated buffer an
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import socket
-import struct
 from typing import TYPE_CHECKING, final
 
 import attrs
 import trio
 
-from minivpn.tuntap.device import GONE_ERRNOS, open_device
+from minivpn.tuntap.device import GONE_ERRNOS, get_mtu, open_device
 from minivpn.tuntap.errors import DeviceGone, TunError
 from minivpn.tuntap.ioctl import IFF_PERSIST, DeviceConfig, Mode
 
@@ -63,9 +60,6 @@ Packet = bytes | bytearray | memoryview
 #: ``ip link set mtu`` can never truncate packets.
 READ_SIZE = 65535 + 4 + 12 + 18
 
-#: ``SIOCGIFMTU`` (linux/sockios.h) and its ``struct ifreq``: name, then ``int ifr_mtu``.
-_SIOCGIFMTU = 0x8921
-_IFREQ_MTU = struct.Struct("16si20x")
 
 
 @attrs.define
@@ -157,15 +151,9 @@ class TunDevice(trio.abc.Channel[bytes]):
         """The link's current MTU (``SIOCGIFMTU``; it may change while attached).
 
         Raises:
-            TunError: the link is not in this network namespace (deleted or moved away).
+            TunError: the link is not in this namespace (deleted or moved away).
         """
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            request = _IFREQ_MTU.pack(self.name.encode("utf-8", "surrogateescape"), 0)
-            try:
-                _, mtu = _IFREQ_MTU.unpack(fcntl.ioctl(sock, _SIOCGIFMTU, request))
-            except OSError as exc:
-                raise TunError(f"cannot read the MTU of {self.name}: {exc.strerror}") from None
-        return int(mtu)
+        return get_mtu(self.name)
 
     # -- reading -------------------------------------------------------------------------------
 

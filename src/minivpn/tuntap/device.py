@@ -449,9 +449,35 @@ def delete_persistent(name: str) -> bool:
     return not link_exists(name)
 
 
-#: ``SIOCGIFMTU``/``SIOCSIFMTU`` (linux/sockios.h) and their ``struct ifreq``: name, ``int``.
+#: ``SIOCGIFMTU``/``SIOCSIFMTU`` and ``SIOCGIFTXQLEN``/``SIOCSIFTXQLEN`` (linux/sockios.h): a
+#: link's MTU, and the length of its transmit queue (for a TUN device, the ring of packets
+#: waiting to be read).  Their ``struct ifreq``: a name, then one ``int``.
 _SIOCGIFMTU, _SIOCSIFMTU = 0x8921, 0x8922
-_IFREQ_MTU = struct.Struct("16si20x")
+_SIOCGIFTXQLEN, _SIOCSIFTXQLEN = 0x8942, 0x8943
+_IFREQ_INT = struct.Struct("16si20x")
+
+
+def _get_link_int(name: str, request: int, what: str) -> int:
+    packed = _IFREQ_INT.pack(name.encode("utf-8", "surrogateescape"), 0)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            _, value = _IFREQ_INT.unpack(fcntl.ioctl(sock, request, packed))
+        except OSError as exc:
+            raise TunError(f"cannot read {what} of {name}: {exc.strerror}") from None
+    return int(value)
+
+
+def _set_link_int(name: str, request: int, value: int, what: str) -> None:
+    packed = _IFREQ_INT.pack(name.encode("utf-8", "surrogateescape"), value)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock, request, packed)
+        except OSError as exc:
+            if exc.errno == errno.EPERM:
+                raise TunPermissionError(
+                    f"cannot set {what} of {name}: permission denied (needs CAP_NET_ADMIN)"
+                ) from None
+            raise TunError(f"cannot set {what} of {name} to {value}: {exc.strerror}") from None
 
 
 def get_mtu(name: str) -> int:
@@ -460,13 +486,7 @@ def get_mtu(name: str) -> int:
     Raises:
         TunError: there is no such link.
     """
-    request = _IFREQ_MTU.pack(name.encode("utf-8", "surrogateescape"), 0)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            _, mtu = _IFREQ_MTU.unpack(fcntl.ioctl(sock, _SIOCGIFMTU, request))
-        except OSError as exc:
-            raise TunError(f"cannot read the MTU of {name}: {exc.strerror}") from None
-    return int(mtu)
+    return _get_link_int(name, _SIOCGIFMTU, "the MTU")
 
 
 def set_mtu(name: str, mtu: int) -> None:
@@ -479,13 +499,23 @@ def set_mtu(name: str, mtu: int) -> None:
         TunPermissionError: no CAP_NET_ADMIN.
         TunError: no such link, or the kernel refused the value.
     """
-    request = _IFREQ_MTU.pack(name.encode("utf-8", "surrogateescape"), mtu)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            fcntl.ioctl(sock, _SIOCSIFMTU, request)
-        except OSError as exc:
-            if exc.errno == errno.EPERM:
-                raise TunPermissionError(
-                    f"cannot set the MTU of {name}: permission denied (needs CAP_NET_ADMIN)"
-                ) from None
-            raise TunError(f"cannot set the MTU of {name} to {mtu}: {exc.strerror}") from None
+    _set_link_int(name, _SIOCSIFMTU, mtu, "the MTU")
+
+
+def get_txqueuelen(name: str) -> int:
+    """The transmit queue length of link *name* (``SIOCGIFTXQLEN``; 500 for a new TUN device).
+
+    Raises:
+        TunError: there is no such link.
+    """
+    return _get_link_int(name, _SIOCGIFTXQLEN, "the transmit queue length")
+
+
+def set_txqueuelen(name: str, length: int) -> None:
+    """Set the transmit queue length of link *name* (``ip link set NAME txqueuelen N``).
+
+    Raises:
+        TunPermissionError: no CAP_NET_ADMIN.
+        TunError: no such link, or the kernel refused the value.
+    """
+    _set_link_int(name, _SIOCSIFTXQLEN, length, "the transmit queue length")
