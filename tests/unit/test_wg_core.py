@@ -38,6 +38,11 @@ from tests.helpers.wgnet import (
 )
 
 from minivpn.wireguard.config import ConfigError, parse_config
+from minivpn.wireguard.constants import (
+    MAX_STAGED_PACKETS,
+    REJECT_AFTER_MESSAGES,
+    REKEY_AFTER_MESSAGES,
+)
 from minivpn.wireguard.cookie import compute_mac1, mac1_key
 from minivpn.wireguard.core import WireGuardCore
 from minivpn.wireguard.device import MAX_DATAGRAM_SIZE
@@ -48,10 +53,9 @@ from minivpn.wireguard.events import (
 )
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from minivpn.wireguard.messages import MACS_SIZE
-from minivpn.wireguard.replay import REJECT_AFTER_MESSAGES, WINDOW_SIZE
+from minivpn.wireguard.replay import WINDOW_SIZE
 from minivpn.wireguard.results import Dropped, Queued, WriteToNetwork, WriteToTunnel
 from minivpn.wireguard.send import padded_size
-from minivpn.wireguard.timers import MAX_STAGED_PACKETS, REKEY_AFTER_MESSAGES
 from minivpn.wireguard.uapi import AllowedIPChange, PeerSet, SetRequest
 
 INITIATION, RESPONSE, COOKIE_REPLY, TRANSPORT = 1, 2, 3, 4

@@ -63,7 +63,7 @@ from minivpn.tuntap.device import get_features, open_device
 from minivpn.tuntap.errors import DeviceBusy, DeviceGone, NotATunDevice, TunError
 from minivpn.tuntap.ioctl import IFF_VNET_HDR, DeviceConfig, Mode
 from minivpn.tuntap.listing import read_tun_flags
-from minivpn.wireguard.timers import DEFAULT_MTU
+from minivpn.wireguard.constants import DEFAULT_MTU
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
