@@ -16,7 +16,7 @@ hand with ``ip netns``, ``minivpn genkey``, two configuration files and ``minivp
 3. ``python -m minivpn up CONF --foreground`` in each namespace;
 4. ``ping`` from A to B's inner address, through the tunnel;
 5. a small helper in B reads B's WireGuard device with an ``AF_PACKET`` socket and prints the
-   decrypted packets it sees, decoded by :func:`minivpn.framing.decode.summarize`;
+   decrypted packets it sees, decoded by :func:`minivpn.framing.summary.summarize`;
 6. the handshake time and the byte counters, read from A's and B's UAPI sockets
    (:func:`minivpn.runtime.uapi_client.get_device`, what ``wg show`` prints);
 7. a short throughput test from A to B (``iperf3``, or a small Python TCP test without it);
@@ -1033,7 +1033,7 @@ def helper_main(argv: Sequence[str] | None = None) -> int:
 
     * ``--capture IFNAME COUNT``: print "ready", then one line per packet crossing IFNAME (an
       ``AF_PACKET`` socket, ``SOCK_DGRAM``: no link header, and a TUN device has none) until
-      COUNT packets or 20 s, decoded by :func:`minivpn.framing.decode.summarize`.
+      COUNT packets or 20 s, decoded by :func:`minivpn.framing.summary.summarize`.
     * ``--tcp-sink ADDRESS PORT``: accept one TCP connection, read it to the end, print
       "received N bytes in S s".
     * ``--tcp-source ADDRESS PORT SECONDS``: connect and send as fast as possible for SECONDS.
@@ -1057,7 +1057,8 @@ def helper_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _capture(ifname: str, count: int, *, timeout: float) -> int:
-    from minivpn.framing.decode import Link, summarize
+    from minivpn.framing.decode import Link
+    from minivpn.framing.summary import summarize
 
     # Protocol 0 receives nothing until bind() names the device and ETH_P_ALL: so not a single
     # packet from another device gets in between.

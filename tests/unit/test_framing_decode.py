@@ -1,4 +1,4 @@
-"""Tests for minivpn.framing.decode.
+"""Tests for minivpn.framing.decode and minivpn.framing.summary (the decoders and the lines).
 
 The one-line summaries are checked against what the real ``tcpdump`` prints for the same
 bytes (packets built by the independent builders in ``tests/helpers/packets.py``), both for a
@@ -48,14 +48,15 @@ from minivpn.framing.decode import (
     decode_ethernet_untrusted,
     decode_icmp_untrusted,
     decode_ip_untrusted,
+    decode_quoted_ip_untrusted,
     decode_tcp_untrusted,
     decode_udp_untrusted,
     inner_ip_length_untrusted,
     ip_destination_untrusted,
     ip_source_untrusted,
-    summarize,
 )
 from minivpn.framing.errors import MalformedPacket
+from minivpn.framing.summary import summarize
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -737,3 +738,15 @@ def test_mutated_packets_never_break_the_decoders(
     for function in UNTRUSTED_FUNCTIONS.values():
         with contextlib.suppress(MalformedPacket):
             function(packet)
+
+
+@pytest.mark.parametrize("quoted", [_quoted_udp4(), _quoted_udp6()], ids=["ipv4", "ipv6"])
+def test_a_quoted_packet_decodes_leniently_and_only_leniently(quoted: bytes) -> None:
+    """An ICMP error quotes 28 (or 48) bytes: headers whole, payload cut short."""
+    packet = decode_quoted_ip_untrusted(quoted)
+    assert packet.proto == 17
+    assert bytes(packet.payload[:2]) == struct.pack("!H", 40000)
+    with pytest.raises(MalformedPacket):
+        decode_ip_untrusted(quoted)
+    with pytest.raises(MalformedPacket):
+        decode_quoted_ip_untrusted(quoted[:19])
