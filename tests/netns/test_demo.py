@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from minivpn.demo import NEEDS_ROOT
+from minivpn.demo.errors import NEEDS_ROOT
 from minivpn.wireguard.keys import PublicKey
 
 if TYPE_CHECKING:

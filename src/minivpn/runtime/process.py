@@ -6,7 +6,8 @@ itself (:mod:`minivpn.runtime.interface`), none of it specific to WireGuard:
 * **signals**: :data:`STOP_SIGNALS`, and :func:`stop_signals_held`, which keeps SIGINT and
   SIGTERM pending from start-up until trio listens for them, so that a signal arriving during
   set-up stops the interface cleanly instead of killing the process half-way;
-* **capabilities**: :func:`has_cap_net_admin`, :func:`require_cap_net_admin`;
+* **capabilities**: :func:`effective_capabilities`, :func:`has_cap_net_admin`,
+  :func:`require_cap_net_admin`;
 * **daemonising**: :func:`daemonize` forks into the background before ``trio.run()``, while the
   process has a single thread (forking a process with threads copies only the calling thread,
   with whatever locks the others held); the child starts a new session (``setsid``), so the
@@ -36,10 +37,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 __all__ = [
+    "CAP_NET_ADMIN",
+    "CAP_SYS_ADMIN",
     "STOP_SIGNALS",
     "NotPrivileged",
     "Readiness",
     "daemonize",
+    "effective_capabilities",
     "has_cap_net_admin",
     "require_cap_net_admin",
     "run_in_child",
@@ -53,8 +57,10 @@ log = logging.getLogger("minivpn.process")
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 
 
-#: ``CAP_NET_ADMIN`` (linux/capability.h): the bit in ``CapEff`` of ``/proc/self/status``.
-_CAP_NET_ADMIN = 12
+#: Capability bits (linux/capability.h), as in ``CapEff`` of ``/proc/self/status``:
+#: configuring the network, and most other administration (mounts, namespaces).
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
 
 
 class NotPrivileged(MinivpnError):
@@ -97,15 +103,27 @@ def stop_signals_held() -> Iterator[None]:
 # --- privileges -----------------------------------------------------------------------------------
 
 
-def has_cap_net_admin() -> bool:
-    """Whether this process may configure the network (CAP_NET_ADMIN in its namespace)."""
+def effective_capabilities() -> int | None:
+    """The effective capability bits of this process (``CapEff``), or None if unreadable.
+
+    Capabilities count in the user namespace the process is in: root of ``unshare -Urn`` has
+    them all there.
+    """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> _CAP_NET_ADMIN & 1)
+                return int(line.split()[1], 16)
     except (OSError, ValueError, IndexError):
         pass
-    return os.geteuid() == 0
+    return None
+
+
+def has_cap_net_admin() -> bool:
+    """Whether this process may configure the network (CAP_NET_ADMIN in its namespace)."""
+    capabilities = effective_capabilities()
+    if capabilities is None:
+        return os.geteuid() == 0
+    return bool(capabilities >> CAP_NET_ADMIN & 1)
 
 
 def require_cap_net_admin(action: str) -> None:
