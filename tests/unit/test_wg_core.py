@@ -1,7 +1,7 @@
 """The WireGuard core between real in-memory peers: handshake, data, replay, cookies, routing.
 
 Every test runs two (or three) real :class:`WireGuardCore` objects joined by the synchronous
-network of ``test_wg_core_harness``; the clocks are fake and only move when a test says so.
+network of ``tests/helpers/wgnet.py``; the clocks are fake and only move when a test says so.
 The timers have their own file (``test_wg_timers.py``), and so does UAPI (``test_wg_core_uapi.py``).
 """
 
@@ -14,6 +14,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.helpers.keys import LOW_ORDER_POINTS
 from tests.helpers.wgnet import (
     A_ADDRESS,
     A_ADDRESS6,
@@ -59,17 +60,6 @@ from minivpn.wireguard.send import padded_size
 from minivpn.wireguard.uapi import AllowedIPChange, PeerSet, SetRequest
 
 INITIATION, RESPONSE, COOKIE_REPLY, TRANSPORT = 1, 2, 3, 4
-
-# The seven low-order points of the kernel's netns.sh.
-LOW_ORDER_POINTS = [
-    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=",
-    "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
-    "7P///////////////////////////////////////38=",
-    "7f///////////////////////////////////////38=",
-    "7v///////////////////////////////////////38=",
-]
 
 
 def flipped(data: bytes, index: int, mask: int = 0x01) -> bytes:
