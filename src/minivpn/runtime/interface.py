@@ -1,5 +1,4 @@
-"""The life of a WireGuard interface, from creation to teardown: what ``minivpn up`` and
-``minivpnd`` share.
+"""The life of a WireGuard interface, from creation to teardown (``minivpn up``, ``minivpnd``).
 
 An interface is three kernel objects and one process::
 
