@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.helpers.docs import REPO_ROOT, parse_markdown
 from tests.helpers.packets import (
     BROADCAST_MAC,
     LINKTYPE_ETHERNET,
@@ -306,17 +307,19 @@ def test_summary_without_ethernet_header_matches_tcpdump(tmp_path: Path, name: s
     assert _normalize(ours) == _normalize(expected)
 
 
-def test_summary_examples_from_the_design() -> None:
-    """The lines the framing design promises, spelled out once (tcpdump agrees, see above)."""
-    assert summarize(RAW_IP_CASES["icmp-echo-request"], Link.IP) == (
-        "IP 10.9.0.1 > 10.9.0.2: ICMP echo request, id 7, seq 1, length 64"
-    )
-    assert summarize(RAW_IP_CASES["icmp6-echo-request"], Link.IP) == (
-        "IP6 fd00::1 > fd00::2: ICMP6, echo request, id 7, seq 1, length 64"
-    )
-    assert summarize(RAW_IP_CASES["tcp-syn-ack"], Link.IP) == (
-        "IP 10.0.0.1.5201 > 10.0.0.2.40000: Flags [S.], seq 1, ack 2, win 65535, length 0"
-    )
+def test_the_examples_in_docs_framing_md() -> None:
+    """The lines docs/framing.md shows are what summarize prints (tcpdump agrees, see above)."""
+    (block,) = [
+        block
+        for block in parse_markdown(REPO_ROOT / "docs" / "framing.md")
+        if "test_the_examples_in_docs_framing_md" in (block.directive("checked by") or "")
+    ]
+    assert block.text.splitlines() == [
+        summarize(RAW_IP_CASES["icmp-echo-request"], Link.IP),
+        summarize(RAW_IP_CASES["icmp6-echo-request"], Link.IP),
+        summarize(RAW_IP_CASES["tcp-syn-ack"], Link.IP),
+        summarize(ETHERNET_CASES["arp-request"], Link.ETHERNET),
+    ]
     assert summarize(ETHERNET_CASES["arp-request"], Link.ETHERNET, ethernet_header=False) == (
         "ARP, Request who-has 10.9.0.2 tell 10.9.0.1, length 28"
     )
