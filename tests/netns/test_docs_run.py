@@ -32,6 +32,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,8 +115,8 @@ def run_block(block: Block, tmp_path: Path) -> None:
     users = block.directive("users")
     if users and (in_user_namespace() or os.geteuid() != 0):
         pytest.skip(
-            f"needs real root: {users} must be real second users (in a user namespace only "
-            "your own uid is mapped)"
+            f"needs real root: the block runs as the user(s) {users}, who must be real other "
+            "users (in a user namespace only your own uid is mapped)"
         )
     commands = parse_console(block.text) if block.info == "console" else []
     named = {command.who for command in commands} - {""} - set((users or "").split())
@@ -187,12 +188,13 @@ class Scene:
             (self.directory / "group").write_text(group)
             self._exit.enter_context(tun_openable_by_everyone())
         self.bin.mkdir()
-        if in_user_namespace():
+        tcpdump = shutil.which("tcpdump", path="/usr/sbin:/usr/bin:/sbin:/bin")
+        if in_user_namespace() and tcpdump is not None:
             shim = self.bin / "tcpdump"
             shim.write_text(
                 "#!/bin/sh\n# tcpdump as nobody: as root of a user namespace it cannot read "
                 "files (docs/privileges.md)\n"
-                'exec unshare --map-user=65534 --map-group=65534 -- /usr/sbin/tcpdump "$@"\n'
+                f'exec unshare --map-user=65534 --map-group=65534 -- {tcpdump} "$@"\n'
             )
             shim.chmod(0o755)
 
