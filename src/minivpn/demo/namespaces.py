@@ -229,22 +229,16 @@ def build_network(a: VethEnd, b: VethEnd) -> None:
     Raises:
         DemoError: a netlink request failed.
     """
-    with inside(a.namespace), _netconf_errors("create the veth pair"):
-        netconf.add_veth(a.name, b.name, peer_namespace=b.namespace)
-    for end in (a, b):
-        with inside(end.namespace), _netconf_errors(f"configure {end.name}"):
-            netconf.set_link_up("lo")
-            netconf.add_address(end.name, str(end.address))
-            netconf.set_link_up(end.name)
-
-
-@contextlib.contextmanager
-def _netconf_errors(action: str) -> Iterator[None]:
-    """A NetconfError inside the block becomes DemoError("cannot ACTION: reason")."""
     try:
-        yield
-    except netconf.NetconfError as exc:
-        raise DemoError(f"cannot {action}: {exc}") from None
+        with inside(a.namespace):
+            netconf.add_veth(a.name, b.name, peer_namespace=b.namespace)
+        for end in (a, b):
+            with inside(end.namespace):
+                netconf.set_link_up("lo")
+                netconf.add_address(end.name, str(end.address))
+                netconf.set_link_up(end.name)
+    except netconf.NetconfError as exc:  # its message says what could not be done, and why
+        raise DemoError(str(exc)) from None
 
 
 @contextlib.contextmanager
