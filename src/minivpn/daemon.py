@@ -49,18 +49,16 @@ from minivpn import __version__
 from minivpn.cli.closed_pipe import run_quietly_on_closed_pipe
 from minivpn.errors import MinivpnError
 from minivpn.runtime.interface import (
-    DEFAULT_MTU,
     Interface,
-    Readiness,
-    daemonize,
     open_interface,
     serve_until_stopped,
-    stop_signals_held,
     user_error_messages,
 )
+from minivpn.runtime.process import Readiness, daemonize, stop_signals_held
 from minivpn.tuntap.device import get_mtu, set_mtu
 from minivpn.tuntap.errors import TunPermissionError
 from minivpn.tuntap.ioctl import encode_name
+from minivpn.wireguard.constants import DEFAULT_MTU
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -9,6 +9,9 @@ useful takes three more steps, which are what ``ip link set up``, ``ip addr add`
    10.9.0.0/24 for 10.9.0.1/24, so packets to 10.9.0.2 are routed into the device;
 3. add routes for other networks behind the tunnel (:func:`add_route`).
 
+(:func:`add_veth` makes a veth pair, the virtual cable ``minivpn demo`` joins its two
+namespaces with.)
+
 minivpn never runs ``ip``; it sends the same netlink messages (RTM_NEWLINK, RTM_NEWADDR,
 RTM_NEWROUTE) through pyroute2.  Each function opens a netlink socket, does one thing and
 closes it.  They are synchronous on purpose: this is the control plane, called a handful of times
@@ -49,6 +52,7 @@ __all__ = [
     "NetconfPermissionError",
     "add_address",
     "add_route",
+    "add_veth",
     "addresses",
     "addresses_by_index",
     "configure_link",
@@ -274,6 +278,26 @@ def set_mtu(name: str, mtu: int) -> None:
                 f"cannot set the MTU of {name} to {mtu}: the kernel refused the value "
                 "(TUN/TAP links accept 68 to 65535)"
             ) from None
+
+
+def add_veth(name: str, peer: str, *, peer_namespace: int | None = None) -> None:
+    """Create a veth pair, *name* and its other end *peer*, like ``ip link add NAME type veth
+    peer name PEER [netns NS]``.
+
+    A veth pair is a virtual cable: what is sent into one end comes out of the other.  With
+    *peer_namespace* (an open network namespace file: ``/run/netns/NAME``, or
+    ``/proc/PID/ns/net``) the other end is made straight in that namespace and never appears in
+    this one.  Both ends start down, without addresses.
+
+    Raises:
+        NetconfPermissionError: no CAP_NET_ADMIN.
+        NetconfError: a link of either name exists, or the kernel refused.
+    """
+    peer_spec: dict[str, object] = {"ifname": peer}
+    if peer_namespace is not None:
+        peer_spec["net_ns_fd"] = peer_namespace
+    with _netlink(f"create the veth pair {name}, {peer}") as ipr:
+        ipr.link("add", ifname=name, kind="veth", peer=peer_spec)
 
 
 def set_gso_max_size(name: str, size: int) -> None:

@@ -3,8 +3,9 @@
 ``minivpn.framing.offload`` cuts super-packets with tricks (headers written in place, checksums
 summed with Adler-32 over strided planes, the merged checksum derived from the segments').  The
 functions here do the same jobs field by field with :mod:`struct`, from the kernel's rules
-(``net/ipv4/tcp_offload.c``, ``net/ipv4/udp_offload.c``, ``net/ipv4/af_inet.c``), with a
-word-by-word checksum loop, so that a test comparing the two does not compare the code with
+(``net/ipv4/tcp_offload.c``, ``net/ipv4/udp_offload.c``, ``net/ipv4/af_inet.c``), on packets
+built, and checksums summed word by word, by the independent builders of
+:mod:`tests.helpers.packets`, so that a test comparing the two does not compare the code with
 itself.  ``tests/netns/test_offload_kernel.py`` checks both against the kernel.
 """
 
@@ -13,44 +14,32 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+from tests.helpers.packets import (
+    ipv4,
+    ipv6,
+    packed,
+    pseudo_header,
+    reference_checksum,
+    tcp,
+    udp,
+)
+
 VNET_HDR = struct.Struct("<BBHHHH")
 NEEDS_CSUM = 1
 GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4 = 0, 1, 4, 5
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80
 TCP, UDP = 6, 17
+#: IPv4 "don't fragment", which Linux sets on TCP and on UDP with path MTU discovery.
+_DF = 0x4000
 
 
-def rfc1071(data: bytes) -> int:
-    """The Internet checksum, one 16-bit word at a time (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = 0
-    for i in range(0, len(data), 2):
-        total += (data[i] << 8) | data[i + 1]
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def packed(address: str) -> bytes:
-    return ipaddress.ip_address(address).packed
-
-
-def pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
-    if len(src) == 4:
-        return src + dst + struct.pack("!BBH", 0, proto, length)
-    return src + dst + struct.pack("!I3xB", length, proto)
-
-
-def ip_header(
-    src: bytes, dst: bytes, proto: int, payload_len: int, *, ident: int = 0, ttl: int = 64
+def ip_packet(
+    src: str, dst: str, proto: int, payload: bytes, *, ident: int = 0, ttl: int = 64
 ) -> bytes:
-    """An IPv4 (with DF and a correct checksum) or IPv6 header, by the addresses' length."""
-    if len(src) == 4:
-        header = struct.pack(
-            "!BBHHHBBH4s4s", 0x45, 0, 20 + payload_len, ident, 0x4000, ttl, proto, 0, src, dst
-        )
-        return header[:10] + struct.pack("!H", rfc1071(header)) + header[12:]
-    return struct.pack("!IHBB16s16s", 6 << 28, payload_len, proto, ttl, src, dst)
+    """An IPv4 packet (with DF and a correct header checksum) or an IPv6 packet, by version."""
+    if ipaddress.ip_address(src).version == 4:
+        return ipv4(src, dst, proto, payload, ttl=ttl, identification=ident, flags_offset=_DF)
+    return ipv6(src, dst, proto, payload, hop_limit=ttl)
 
 
 def tcp_packet(
@@ -70,25 +59,25 @@ def tcp_packet(
     checksum: int | None = None,
 ) -> bytes:
     """A TCP segment with correct checksums (or the ``checksum`` given)."""
-    s, d = packed(src), packed(dst)
-    offset = (20 + len(options)) // 4
-    tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, offset << 4, flags, window, 0, 0)
-    tcp += options + payload
+    segment = tcp(sport, dport, seq, ack, flags, window=window, options=options, data=payload)
     if checksum is None:
-        checksum = rfc1071(pseudo_header(s, d, TCP, len(tcp)) + tcp)
-    tcp = tcp[:16] + struct.pack("!H", checksum) + tcp[18:]
-    return ip_header(s, d, TCP, len(tcp), ident=ident, ttl=ttl) + tcp
+        checksum = reference_checksum(
+            pseudo_header(packed(src), packed(dst), TCP, len(segment)) + segment
+        )
+    segment = segment[:16] + struct.pack("!H", checksum) + segment[18:]
+    return ip_packet(src, dst, TCP, segment, ident=ident, ttl=ttl)
 
 
 def udp_packet(
     src: str, dst: str, payload: bytes, *, sport: int = 4000, dport: int = 5000, ident: int = 0
 ) -> bytes:
     """A UDP datagram with correct checksums."""
-    s, d = packed(src), packed(dst)
-    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    checksum = rfc1071(pseudo_header(s, d, UDP, len(udp)) + udp) or 0xFFFF
-    udp = udp[:6] + struct.pack("!H", checksum) + udp[8:]
-    return ip_header(s, d, UDP, len(udp), ident=ident) + udp
+    datagram = udp(sport, dport, payload)
+    checksum = reference_checksum(
+        pseudo_header(packed(src), packed(dst), UDP, len(datagram)) + datagram
+    )
+    datagram = datagram[:6] + struct.pack("!H", checksum or 0xFFFF) + datagram[8:]
+    return ip_packet(src, dst, UDP, datagram, ident=ident)
 
 
 def partial(packet: bytes) -> bytes:
@@ -99,7 +88,7 @@ def partial(packet: bytes) -> bytes:
     at = ip_len + (16 if proto == TCP else 6)
     src, dst = (packet[12:16], packet[16:20]) if ip_len == 20 else (packet[8:24], packet[24:40])
     pseudo = pseudo_header(src, dst, proto, len(packet) - ip_len)
-    value = 0xFFFF ^ rfc1071(pseudo)
+    value = 0xFFFF ^ reference_checksum(pseudo)
     return packet[:at] + struct.pack("!H", value) + packet[at + 2 :]
 
 
@@ -148,14 +137,14 @@ def _finish(header: bytearray, ip_len: int, transport: bytes, proto: int) -> byt
     if proto == UDP:
         struct.pack_into("!H", transport, 4, len(transport))
     transport[at : at + 2] = b"\0\0"
-    value = rfc1071(pseudo_header(src, dst, proto, len(transport)) + bytes(transport))
+    value = reference_checksum(pseudo_header(src, dst, proto, len(transport)) + bytes(transport))
     if proto == UDP and value == 0:
         value = 0xFFFF
     struct.pack_into("!H", transport, at, value)
     if ip_len == 20:
         struct.pack_into("!H", header, 2, ip_len + len(transport))
         header[10:12] = b"\0\0"
-        struct.pack_into("!H", header, 10, rfc1071(bytes(header[:ip_len])))
+        struct.pack_into("!H", header, 10, reference_checksum(bytes(header[:ip_len])))
     else:
         struct.pack_into("!H", header, 4, len(transport))
     return bytes(header) + bytes(transport)
@@ -170,7 +159,7 @@ def split(frame: bytes) -> list[bytes]:
         if not flags & NEEDS_CSUM:
             return [packet]
         at = csum_start + csum_offset
-        value = rfc1071(packet[csum_start:])  # the partial sum in the field is included
+        value = reference_checksum(packet[csum_start:])  # the partial sum in the field is included
         if csum_offset == 6 and value == 0:
             value = 0xFFFF
         return [packet[:at] + struct.pack("!H", value) + packet[at + 2 :]]
@@ -208,8 +197,10 @@ def resegment(buffers: list[bytes | bytearray | memoryview]) -> list[bytes]:
     ip_len, src, dst, proto = _fields(packet)
     assert proto == TCP
     # A merged write's checksum covers the whole super-packet: verify it, as the kernel does.
-    tcp = packet[ip_len:]
-    assert rfc1071(pseudo_header(src, dst, TCP, len(tcp)) + tcp) == 0, "bad merged checksum"
+    segment = packet[ip_len:]
+    assert reference_checksum(pseudo_header(src, dst, TCP, len(segment)) + segment) == 0, (
+        "bad merged checksum"
+    )
     return split(frame)
 
 
@@ -219,7 +210,7 @@ def ttl_decremented(packet: bytes) -> bytes:
     if p[0] >> 4 == 4:
         p[8] -= 1
         p[10:12] = b"\0\0"
-        struct.pack_into("!H", p, 10, rfc1071(bytes(p[:20])))
+        struct.pack_into("!H", p, 10, reference_checksum(bytes(p[:20])))
     else:
         p[7] -= 1
     return bytes(p)

@@ -43,6 +43,19 @@ def v6(address: str) -> bytes:
     return ipaddress.IPv6Address(address).packed
 
 
+def packed(address: str) -> bytes:
+    """The 4 or 16 bytes of an IPv4 or IPv6 address."""
+    return ipaddress.ip_address(address).packed
+
+
+def pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
+    """What TCP, UDP and ICMPv6 checksums cover besides the segment: IPv4's (RFC 793) or
+    IPv6's (RFC 8200, 8.1) pseudo-header, by the length of the addresses."""
+    if len(src) == 4:
+        return src + dst + struct.pack("!BBH", 0, proto, length)
+    return src + dst + struct.pack("!I3xB", length, proto)
+
+
 def ipv4(
     src: str,
     dst: str,
@@ -93,7 +106,7 @@ def icmp_echo(request: bool, identifier: int, sequence: int, data: bytes) -> byt
 
 
 def pseudo_header6(src: str, dst: str, next_header: int, length: int) -> bytes:
-    return v6(src) + v6(dst) + struct.pack("!IxxxB", length, next_header)
+    return pseudo_header(v6(src), v6(dst), next_header, length)
 
 
 def icmpv6(src: str, dst: str, icmp_type: int, code: int, body: bytes) -> bytes:

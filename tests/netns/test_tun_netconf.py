@@ -138,3 +138,22 @@ def test_errors_name_the_link_and_the_problem(link: str) -> None:
         netconf.add_route(link, "10.14.0.1/16")
     with pytest.raises(netconf.NetconfError, match="68 to 65535"):
         netconf.set_mtu(link, 10)
+
+
+def test_a_veth_pair_with_its_other_end_in_another_namespace() -> None:
+    namespace = f"mvncns{next(_names)}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True, timeout=30)
+    fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        netconf.add_veth("mvncv0", "mvncv1", peer_namespace=fd)
+        (here,) = ip_json("link", "show", "mvncv0")
+        (there,) = ip_json("-n", namespace, "link", "show", "mvncv1")
+        assert here["link_type"] == there["link_type"] == "ether"
+        assert here["ifindex"] == there["link_index"]  # each end names the other
+        assert "mvncv1" not in {link["ifname"] for link in ip_json("link", "show")}
+        with pytest.raises(netconf.NetconfError, match="cannot create the veth pair mvncv0"):
+            netconf.add_veth("mvncv0", "mvncv2")
+    finally:
+        os.close(fd)
+        subprocess.run(["ip", "link", "del", "mvncv0"], check=False, timeout=30)
+        subprocess.run(["ip", "netns", "del", namespace], check=False, timeout=30)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 import pytest
+from tests.helpers.docs import REPO_ROOT, parse_markdown
 from tests.helpers.procs import (
     MINIVPN,
     Process,
@@ -626,12 +627,25 @@ def test_a_tap_device_without_tap_suggests_it(topo: Topology) -> None:
 
 
 def readme_tunnel_commands() -> list[list[str]]:
-    """The ``minivpn tunnel`` lines of README.md, comments cut off: host B's, then host A's."""
+    """The ``minivpn tunnel`` commands of README.md (``hostb# ...``, then ``hosta# ...``)."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    lines = [line.split("#", 1)[0] for line in readme.splitlines()]
-    commands = [shlex.split(line) for line in lines if line.startswith("minivpn tunnel ")]
+    commands = [
+        shlex.split(match[1], comments=True)
+        for match in re.finditer(r"^host[ab]# (minivpn tunnel [^&\n]*)", readme, re.MULTILINE)
+    ]
     assert len(commands) == 2, commands
     return commands
+
+
+def test_the_counters_line_in_docs_tunnel_md_is_the_format_printed() -> None:
+    """docs/tunnel.md shows a counters line: the format test_signals_report_counters... wants."""
+    (block,) = [
+        block
+        for block in parse_markdown(REPO_ROOT / "docs" / "tunnel.md")
+        if "test_the_counters_line" in (block.directive("checked by") or "")
+    ]
+    (line,) = block.text.splitlines()
+    assert COUNTERS.fullmatch(line), line
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

@@ -22,11 +22,11 @@ from hypothesis import strategies as st
 
 from minivpn.daemon import log_level
 from minivpn.errors import MinivpnError
-from minivpn.runtime.interface import (
+from minivpn.runtime.interface import InterfaceError, take_down, user_error_messages
+from minivpn.runtime.process import Readiness
+from minivpn.runtime.uapi_client import NoSuchInterface
+from minivpn.runtime.wgquick import (
     CONFIG_DIR,
-    InterfaceError,
-    NoSuchInterface,
-    Readiness,
     RoutePlan,
     check_interface_name,
     ignored_keys,
@@ -35,8 +35,6 @@ from minivpn.runtime.interface import (
     plan_routes,
     resolve_endpoints,
     resolve_table,
-    take_down,
-    user_error_messages,
 )
 from minivpn.wireguard.config import parse_config
 from minivpn.wireguard.keys import PrivateKey
@@ -349,7 +347,7 @@ def test_minivpnd_invalid_name(tmp_path: Path) -> None:
 DAEMONIZE_SCRIPT = textwrap.dedent(
     """
     import os, sys, time
-    from minivpn.runtime.interface import daemonize
+    from minivpn.runtime.process import daemonize
     outcome, report = sys.argv[1], sys.argv[2]
     readiness = daemonize(program="test", keep_output=False, wait_for_readiness=True)
     with open(report, "w") as file:
@@ -404,7 +402,7 @@ def test_readiness_writes_one_report(tmp_path: Path) -> None:
 SIGNALS_SCRIPT = textwrap.dedent(
     """
     import os, signal
-    from minivpn.runtime.interface import stop_signals_held
+    from minivpn.runtime.process import stop_signals_held
     with stop_signals_held():
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGINT)

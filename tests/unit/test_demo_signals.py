@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from minivpn.demo import _stop_signals_interrupt
+from minivpn.demo.steps import _stop_signals_interrupt
 
 _armed: set[str] = set()  # "sigint" while the next fork should be followed by a SIGINT
 

@@ -1,4 +1,4 @@
-"""Tests for minivpn.framing.decode.
+"""Tests for minivpn.framing.decode and minivpn.framing.summary (the decoders and the lines).
 
 The one-line summaries are checked against what the real ``tcpdump`` prints for the same
 bytes (packets built by the independent builders in ``tests/helpers/packets.py``), both for a
@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.helpers.docs import REPO_ROOT, parse_markdown
 from tests.helpers.packets import (
     BROADCAST_MAC,
     LINKTYPE_ETHERNET,
@@ -48,14 +49,15 @@ from minivpn.framing.decode import (
     decode_ethernet_untrusted,
     decode_icmp_untrusted,
     decode_ip_untrusted,
+    decode_quoted_ip_untrusted,
     decode_tcp_untrusted,
     decode_udp_untrusted,
     inner_ip_length_untrusted,
     ip_destination_untrusted,
     ip_source_untrusted,
-    summarize,
 )
 from minivpn.framing.errors import MalformedPacket
+from minivpn.framing.summary import summarize
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -305,17 +307,19 @@ def test_summary_without_ethernet_header_matches_tcpdump(tmp_path: Path, name: s
     assert _normalize(ours) == _normalize(expected)
 
 
-def test_summary_examples_from_the_design() -> None:
-    """The lines the framing design promises, spelled out once (tcpdump agrees, see above)."""
-    assert summarize(RAW_IP_CASES["icmp-echo-request"], Link.IP) == (
-        "IP 10.9.0.1 > 10.9.0.2: ICMP echo request, id 7, seq 1, length 64"
-    )
-    assert summarize(RAW_IP_CASES["icmp6-echo-request"], Link.IP) == (
-        "IP6 fd00::1 > fd00::2: ICMP6, echo request, id 7, seq 1, length 64"
-    )
-    assert summarize(RAW_IP_CASES["tcp-syn-ack"], Link.IP) == (
-        "IP 10.0.0.1.5201 > 10.0.0.2.40000: Flags [S.], seq 1, ack 2, win 65535, length 0"
-    )
+def test_the_examples_in_docs_framing_md() -> None:
+    """The lines docs/framing.md shows are what summarize prints (tcpdump agrees, see above)."""
+    (block,) = [
+        block
+        for block in parse_markdown(REPO_ROOT / "docs" / "framing.md")
+        if "test_the_examples_in_docs_framing_md" in (block.directive("checked by") or "")
+    ]
+    assert block.text.splitlines() == [
+        summarize(RAW_IP_CASES["icmp-echo-request"], Link.IP),
+        summarize(RAW_IP_CASES["icmp6-echo-request"], Link.IP),
+        summarize(RAW_IP_CASES["tcp-syn-ack"], Link.IP),
+        summarize(ETHERNET_CASES["arp-request"], Link.ETHERNET),
+    ]
     assert summarize(ETHERNET_CASES["arp-request"], Link.ETHERNET, ethernet_header=False) == (
         "ARP, Request who-has 10.9.0.2 tell 10.9.0.1, length 28"
     )
@@ -737,3 +741,15 @@ def test_mutated_packets_never_break_the_decoders(
     for function in UNTRUSTED_FUNCTIONS.values():
         with contextlib.suppress(MalformedPacket):
             function(packet)
+
+
+@pytest.mark.parametrize("quoted", [_quoted_udp4(), _quoted_udp6()], ids=["ipv4", "ipv6"])
+def test_a_quoted_packet_decodes_leniently_and_only_leniently(quoted: bytes) -> None:
+    """An ICMP error quotes 28 (or 48) bytes: headers whole, payload cut short."""
+    packet = decode_quoted_ip_untrusted(quoted)
+    assert packet.proto == 17
+    assert bytes(packet.payload[:2]) == struct.pack("!H", 40000)
+    with pytest.raises(MalformedPacket):
+        decode_ip_untrusted(quoted)
+    with pytest.raises(MalformedPacket):
+        decode_quoted_ip_untrusted(quoted[:19])

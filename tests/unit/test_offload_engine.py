@@ -66,8 +66,7 @@ def tun_reads(draw: st.DrawFn) -> bytes:
         return ref.plain_frame(packet, needs_csum=draw(st.booleans()))
     if kind == "icmp":
         echo = b"\x08\x00\x00\x00" + os.urandom(draw(st.integers(0, 100)))
-        header = ref.ip_header(ref.packed(src), ref.packed(dst), 58 if v6 else 1, len(echo))
-        return ref.plain_frame(header + echo)
+        return ref.plain_frame(ref.ip_packet(src, dst, 58 if v6 else 1, echo))
     if kind == "tcp":
         payload = os.urandom(draw(st.integers(0, 200)))
         packet = ref.tcp_packet(src, dst, draw(st.integers(0, 2**32 - 1)), payload)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from minivpn.errors import MinivpnError
-from minivpn.runtime.interface import run_in_child
+from minivpn.runtime.process import run_in_child
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.helpers.docs import REPO_ROOT, parse_markdown
 
 from minivpn.wireguard.config import (
     Config,
@@ -494,3 +496,39 @@ def test_generated_configs_round_trip(config: Config) -> None:
     text = format_config(config)
     assert parse_config(text) == config
     assert format_config(parse_config(text)) == text
+
+
+def test_the_example_in_docs_vpn_md_parses() -> None:
+    """docs/vpn.md's wg0.conf, with its ``<...>`` placeholders filled in, means what it says."""
+    (block,) = [
+        block
+        for block in parse_markdown(REPO_ROOT / "docs" / "vpn.md")
+        if "test_the_example_in_docs_vpn_md_parses" in (block.directive("checked by") or "")
+    ]
+    values = {
+        "PrivateKey": PRIVATE.to_base64(),
+        "PublicKey": PEER1.to_base64(),
+        "PresharedKey": PSK.to_base64(),
+    }
+    text = re.sub(
+        r"^(\w+) = <[^>]*>", lambda m: f"{m[1]} = {values[m[1]]}", block.text, flags=re.MULTILINE
+    )
+    assert "<" not in text, text
+    config = parse_config(text, "wg0.conf")
+    assert config.warnings == ()
+    interface = config.interface
+    assert interface.private_key == PRIVATE
+    assert interface.listen_port == 51820
+    assert interface.addresses == (
+        ipaddress.ip_interface("10.99.0.1/24"),
+        ipaddress.ip_interface("fd00:99::1/64"),
+    )
+    assert interface.mtu == 1420
+    (peer,) = config.peers
+    assert (peer.public_key, peer.preshared_key) == (PEER1, PSK)
+    assert peer.allowed_ips == (
+        ipaddress.ip_network("10.99.0.2/32"),
+        ipaddress.ip_network("fd00:99::2/128"),
+    )
+    assert peer.endpoint == Endpoint("vpn.example.net", 51820)
+    assert peer.persistent_keepalive == 25

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from minivpn.wireguard.constants import COOKIE_REFRESH_TIME
 from minivpn.wireguard.cookie import (
-    COOKIE_REFRESH_TIME,
     CookieChecker,
     CookieGenerator,
     cookie_source,

@@ -1,7 +1,7 @@
 """The WireGuard core between real in-memory peers: handshake, data, replay, cookies, routing.
 
 Every test runs two (or three) real :class:`WireGuardCore` objects joined by the synchronous
-network of ``test_wg_core_harness``; the clocks are fake and only move when a test says so.
+network of ``tests/helpers/wgnet.py``; the clocks are fake and only move when a test says so.
 The timers have their own file (``test_wg_timers.py``), and so does UAPI (``test_wg_core_uapi.py``).
 """
 
@@ -14,6 +14,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.helpers.keys import LOW_ORDER_POINTS
 from tests.helpers.wgnet import (
     A_ADDRESS,
     A_ADDRESS6,
@@ -38,6 +39,11 @@ from tests.helpers.wgnet import (
 )
 
 from minivpn.wireguard.config import ConfigError, parse_config
+from minivpn.wireguard.constants import (
+    MAX_STAGED_PACKETS,
+    REJECT_AFTER_MESSAGES,
+    REKEY_AFTER_MESSAGES,
+)
 from minivpn.wireguard.cookie import compute_mac1, mac1_key
 from minivpn.wireguard.core import WireGuardCore
 from minivpn.wireguard.device import MAX_DATAGRAM_SIZE
@@ -48,24 +54,12 @@ from minivpn.wireguard.events import (
 )
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from minivpn.wireguard.messages import MACS_SIZE
-from minivpn.wireguard.replay import REJECT_AFTER_MESSAGES, WINDOW_SIZE
+from minivpn.wireguard.replay import WINDOW_SIZE
 from minivpn.wireguard.results import Dropped, Queued, WriteToNetwork, WriteToTunnel
 from minivpn.wireguard.send import padded_size
-from minivpn.wireguard.timers import MAX_STAGED_PACKETS, REKEY_AFTER_MESSAGES
 from minivpn.wireguard.uapi import AllowedIPChange, PeerSet, SetRequest
 
 INITIATION, RESPONSE, COOKIE_REPLY, TRANSPORT = 1, 2, 3, 4
-
-# The seven low-order points of the kernel's netns.sh.
-LOW_ORDER_POINTS = [
-    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-    "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=",
-    "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
-    "7P///////////////////////////////////////38=",
-    "7f///////////////////////////////////////38=",
-    "7v///////////////////////////////////////38=",
-]
 
 
 def flipped(data: bytes, index: int, mask: int = 0x01) -> bytes:

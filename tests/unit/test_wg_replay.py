@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minivpn.wireguard.replay import REJECT_AFTER_MESSAGES, WINDOW_SIZE, ReplayFilter
+from minivpn.wireguard.constants import REJECT_AFTER_MESSAGES
+from minivpn.wireguard.replay import WINDOW_SIZE, ReplayFilter
 
 W = WINDOW_SIZE
 T_LIM = W + 1

@@ -27,13 +27,7 @@ from tests.helpers.wgnet import (
     pair,
 )
 
-from minivpn.wireguard.events import (
-    DropReason,
-    HandshakeCompleted,
-    HandshakeFailed,
-    KeyMaterialZeroed,
-)
-from minivpn.wireguard.timers import (
+from minivpn.wireguard.constants import (
     KEEPALIVE_TIMEOUT,
     MAX_TIMER_HANDSHAKES,
     REJECT_AFTER_TIME,
@@ -42,9 +36,14 @@ from minivpn.wireguard.timers import (
     REKEY_TIMEOUT,
     REKEY_TIMEOUT_JITTER_MAX,
     ZERO_KEY_MATERIAL_AFTER,
-    PeerTimers,
-    TimerQueue,
 )
+from minivpn.wireguard.events import (
+    DropReason,
+    HandshakeCompleted,
+    HandshakeFailed,
+    KeyMaterialZeroed,
+)
+from minivpn.wireguard.timers import PeerTimers, TimerQueue
 from minivpn.wireguard.uapi import PeerSet, SetRequest
 
 INITIATION, RESPONSE, TRANSPORT = 1, 2, 4

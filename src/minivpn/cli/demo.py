@@ -8,7 +8,8 @@ Builds two network namespaces joined by a veth pair, brings up a minivpn peer wi
 each, pings through the tunnel, shows the decrypted ICMP packets as the receiving side sees
 them, the handshake and the byte counters, runs a short throughput test and removes everything.
 It needs root; an ordinary user runs it as ``unshare -Urnm minivpn demo``.  The work is done by
-:mod:`minivpn.demo`; docs/demo.md explains it step by step.
+:mod:`minivpn.demo` (:func:`minivpn.demo.steps.run_demo`); docs/demo.md explains it step by
+step.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``minivpn demo``: see the module documentation."""
-    from minivpn.demo import DemoOptions, NeedsRoot, run_demo
+    from minivpn.demo.errors import NeedsRoot
+    from minivpn.demo.steps import DemoOptions, run_demo
 
     try:
         return run_demo(DemoOptions(seconds=args.seconds, use_iperf3=args.use_iperf3))

@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING
 from minivpn import netconf
 from minivpn.cli import argtypes
 from minivpn.errors import MinivpnError
+from minivpn.runtime.process import STOP_SIGNALS
 from minivpn.tuntap import device, listing
 from minivpn.tuntap.ioctl import IFF_PERSIST, Mode, flag_names
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +336,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
     _check_config(args)
     # SIGINT/SIGTERM are blocked from before the "attached" line until the wait, so a signal
     # sent as soon as that line appears is not lost (it stays pending for sigwait).
-    with _signals_blocked(_STOP_SIGNALS):
+    with _signals_blocked(STOP_SIGNALS):
         fd, name, flags = device.open_device(
             args.name, _mode(args), pi=args.pi, multi_queue=args.multi_queue
         )
@@ -351,20 +352,17 @@ def _cmd_attach(args: argparse.Namespace) -> int:
             kind = "persistent" if flags & IFF_PERSIST else "temporary"
             print(f"attached to {name} ({_mode(args).value}, {kind})", flush=True)
             if args.seconds is None:
-                signal.sigwait(_STOP_SIGNALS)
+                signal.sigwait(STOP_SIGNALS)
             elif args.seconds > 0:
-                signal.sigtimedwait(_STOP_SIGNALS, args.seconds)
+                signal.sigtimedwait(STOP_SIGNALS, args.seconds)
         finally:
             os.close(fd)
     print(f"detached from {name}")
     return 0
 
 
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
 @contextlib.contextmanager
-def _signals_blocked(signals: set[signal.Signals]) -> Iterator[None]:
+def _signals_blocked(signals: Iterable[signal.Signals]) -> Iterator[None]:
     """Hold *signals* pending (instead of acting on them) inside the block."""
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:

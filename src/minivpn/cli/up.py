@@ -24,7 +24,7 @@ Decisions that differ from wg-quick, on purpose:
   not acted upon, with one warning naming them: minivpn does not run shell commands or rewrite
   the resolver configuration.  Run those steps yourself around ``up`` and ``down``.
 * A ``/0`` in AllowedIPs with automatic routing is refused: wg-quick sets up fwmark policy
-  routing for it, which ``up`` does not (see :func:`~minivpn.runtime.interface.plan_routes`).
+  routing for it, which ``up`` does not (see :func:`~minivpn.runtime.wgquick.plan_routes`).
   ``Table = off`` or ``Table = NUMBER`` allow it.
 
 ``down`` removes the socket file: the interface's process notices and stops, and with its TUN
@@ -39,20 +39,24 @@ from typing import TYPE_CHECKING
 
 from minivpn.runtime.interface import (
     DOWN_TIMEOUT,
+    open_interface,
+    serve_until_stopped,
+    take_down,
+    user_error_messages,
+)
+from minivpn.runtime.process import (
     Readiness,
-    configure_link,
     daemonize,
+    require_cap_net_admin,
+    stop_signals_held,
+)
+from minivpn.runtime.wgquick import (
+    apply_link_settings,
     ignored_keys,
     interface_name_of,
     locate_config,
-    open_interface,
     plan_routes,
-    require_cap_net_admin,
     resolve_endpoints,
-    serve_until_stopped,
-    stop_signals_held,
-    take_down,
-    user_error_messages,
 )
 from minivpn.wireguard.config import load_config
 
@@ -130,7 +134,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     with stop_signals_held():
         interface = open_interface(name, exclusive=True)
         try:
-            configure_link(
+            apply_link_settings(
                 name,
                 mtu=config.interface.mtu,  # None: derived as wg-quick does
                 endpoints=endpoint_addresses,

@@ -30,11 +30,12 @@ import attrs
 import trio
 
 from minivpn import netconf
-from minivpn.framing.decode import Link, summarize
+from minivpn.framing.decode import Link
 from minivpn.framing.errors import MalformedPacket
 from minivpn.framing.pcap import LINKTYPE_ETHERNET, LINKTYPE_RAW, pcap_global_header, pcap_record
 from minivpn.framing.pi import PI_LENGTH, build_pi, parse_pi_untrusted
 from minivpn.framing.responder import answer_untrusted
+from minivpn.framing.summary import summarize
 from minivpn.netconf import NetconfError
 from minivpn.tuntap.aio import TunDevice, open_tun_device
 from minivpn.tuntap.ioctl import Mode

@@ -69,7 +69,11 @@ class UapiClientError(MinivpnError):
 
 
 class NoSuchInterface(UapiClientError):
-    """No socket for that interface: it is not running (or runs in another directory)."""
+    """No interface of that name runs here: no socket for it (or it runs in another directory).
+
+    Raised by this module's calls, and by :func:`minivpn.runtime.interface.take_down` when
+    there is neither a socket nor a device of that name.
+    """
 
 
 class UapiPermissionError(UapiClientError):

@@ -29,7 +29,7 @@ whether the device was opened with a virtio-net header) and logged:
   trains received with one ``recvmsg`` (UDP GRO), TCP segments merged into super-packets for one
   ``writev``, optionally TCP super-packets read from the TUN device (TSO) -- and, after every
   write to the TUN device, the kernel's answers sent in the same turn
-  (:meth:`_Interface.drain_tun`).  docs/offload.md explains each; docs/performance.md has the
+  (:meth:`_Runtime.drain_tun`).  docs/offload.md explains each; docs/performance.md has the
   measurements.
 """
 
@@ -94,7 +94,7 @@ SOCKET_BUFFER = 8 << 20
 #: The type bytes of the handshake messages that cost Diffie-Hellman work.
 _HANDSHAKE_TYPES = (1, 2)
 #: Seconds of CPU time that handshake messages may take in each one-second window before the
-#: device counts as "under load" for the rest of the window (_Interface.start_handshake_work).
+#: device counts as "under load" for the rest of the window (_Runtime.start_handshake_work).
 HANDSHAKE_TIME_BUDGET = 0.4
 _GSO_SIZE = struct.Struct("=H")
 #: The TUN device's ring of packets waiting to be read (its transmit queue) holds 500 packets
@@ -143,7 +143,7 @@ def offload_mode() -> OffloadMode:
         raise VpnError(f"MINIVPN_OFFLOAD={value!r}: expected one of {choices}") from None
 
 
-class _Interface:
+class _Runtime:
     """The runtime state of one interface: device, sockets, core, and the offload engine."""
 
     def __init__(self, device: TunDevice, core: WireGuardCore) -> None:
@@ -454,14 +454,14 @@ async def run_interface(
     if isinstance(uapi_listener, UapiSocket):
         socket_path, file_id = uapi_listener.path, uapi_listener.file_id
         uapi_listener = uapi_listener.listener
-    iface = _Interface(device, core)
+    iface = _Runtime(device, core)
     with contextlib.suppress(TunError):
         core.mtu = device.mtu()
         if get_txqueuelen(device.name) == TUN_DEFAULT_QUEUE:  # nobody chose a length
             set_txqueuelen(device.name, TUN_QUEUE)
     iface.bind(core.listen_port)
-    device_to_network: Callable[[_Interface], Awaitable[None]]
-    network_to_device: Callable[[_Interface, socket.socket], Awaitable[None]]
+    device_to_network: Callable[[_Runtime], Awaitable[None]]
+    network_to_device: Callable[[_Runtime, socket.socket], Awaitable[None]]
     if iface.offloaded:
         if offload_mode() is not OffloadMode.TSO:
             log.info("data path: the offload engine")
@@ -505,7 +505,7 @@ def drop_summary(core: WireGuardCore, device: TunDevice) -> str:
     return f"dropped {sum(reasons.values())}" + (f" ({detail})" if detail else "")
 
 
-async def _report_on_signal(iface: _Interface) -> None:
+async def _report_on_signal(iface: _Runtime) -> None:
     """SIGUSR1 (``kill -USR1 PID``): log the peers' byte counters and the drops by reason."""
     with trio.open_signal_receiver(signal.SIGUSR1) as signals:
         async for _ in signals:
@@ -529,8 +529,8 @@ async def _stop_when_removed(
 
 
 async def _socket_tasks(
-    iface: _Interface,
-    network_to_device: Callable[[_Interface, socket.socket], Awaitable[None]],
+    iface: _Runtime,
+    network_to_device: Callable[[_Runtime, socket.socket], Awaitable[None]],
 ) -> None:
     """One receiver per socket; restarted whenever the sockets are rebound."""
     while True:
@@ -542,7 +542,7 @@ async def _socket_tasks(
         iface.socket_scope = None
 
 
-async def _timers(iface: _Interface) -> None:
+async def _timers(iface: _Runtime) -> None:
     """Sleep until the core's next deadline (or a poke), then let it act."""
     core = iface.core
     while True:
@@ -555,7 +555,7 @@ async def _timers(iface: _Interface) -> None:
         iface.carry_out(core.handle_timer(trio.current_time()))
 
 
-async def _watch_link(iface: _Interface) -> None:
+async def _watch_link(iface: _Runtime) -> None:
     """Follow the link's MTU and up/down state (the link may live in another namespace)."""
     # The link is looked up by name, which only means our link while it is in our namespace
     # with the index it had at start: once moved (ip link set NAME netns X), another link may
@@ -597,7 +597,7 @@ def _link_is_up(device: TunDevice) -> bool:
 # -- the data path, one packet at a time --------------------------------------------------------
 
 
-async def _plain_device_to_network(iface: _Interface) -> None:
+async def _plain_device_to_network(iface: _Runtime) -> None:
     """TUN -> UDP: read a packet, encapsulate it, send the datagram; again until empty."""
     device, core = iface.device, iface.core
     packet_buffer = memoryview(bytearray(READ_SIZE))
@@ -614,7 +614,7 @@ async def _plain_device_to_network(iface: _Interface) -> None:
         iface.carry_out(core.take_actions())
 
 
-async def _plain_network_to_device(iface: _Interface, sock: socket.socket) -> None:
+async def _plain_network_to_device(iface: _Runtime, sock: socket.socket) -> None:
     """UDP -> TUN: receive a datagram, decapsulate it, write the packet (or send a reply)."""
     core = iface.core
     datagram_buffer = memoryview(bytearray(MAX_DATAGRAM))
@@ -652,7 +652,7 @@ async def _plain_network_to_device(iface: _Interface, sock: socket.socket) -> No
 # -- the data path, through the offload engine --------------------------------------------------
 
 
-async def _offload_device_to_network(iface: _Interface) -> None:
+async def _offload_device_to_network(iface: _Runtime) -> None:
     """TUN -> UDP: whenever the TUN is readable, drain it through the engine."""
     device = iface.device
     while True:
@@ -663,7 +663,7 @@ async def _offload_device_to_network(iface: _Interface) -> None:
         # checkpoint only added one more pass of trio's loop per wake-up).
 
 
-async def _offload_network_to_device(iface: _Interface, sock: socket.socket) -> None:
+async def _offload_network_to_device(iface: _Runtime, sock: socket.socket) -> None:
     """UDP -> TUN: receive GRO trains, decapsulate, write coalesced, answer in the same turn.
 
     The packets decrypted during one wake-up wait in the engine and are written when the

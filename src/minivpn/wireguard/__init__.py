@@ -8,6 +8,8 @@ message.
 
 The modules, from the bottom up:
 
+* :mod:`~minivpn.wireguard.constants`: the protocol's times, counts and sizes
+  (wireguard-go's ``device/constants.go``).
 * :mod:`~minivpn.wireguard.keys`: Curve25519 private/public keys and preshared keys.
 * :mod:`~minivpn.wireguard.crypto`: the primitives (BLAKE2s, HKDF, ChaCha20-Poly1305,
   XChaCha20-Poly1305, X25519) and :class:`TransportCipher` for data messages.
@@ -20,9 +22,13 @@ The modules, from the bottom up:
 * :mod:`~minivpn.wireguard.allowedips`: cryptokey routing.
 * :mod:`~minivpn.wireguard.keypair`: sessions, their current/previous/next slots, the index
   table.
-* :mod:`~minivpn.wireguard.timers`: the protocol's constants and per-peer timers.
+* :mod:`~minivpn.wireguard.timers`: the five per-peer timers and the device's wake-up heap.
 * :mod:`~minivpn.wireguard.peer`: what the device knows about one peer.
-* :mod:`~minivpn.wireguard.events`: the actions and events the core returns.
+* :mod:`~minivpn.wireguard.results`: what ``encapsulate`` and ``decapsulate`` return.
+* :mod:`~minivpn.wireguard.events`: the other actions and events the core returns.
+* :mod:`~minivpn.wireguard.device`: the state of one device, shared by the two paths.
+* :mod:`~minivpn.wireguard.send`: the way out, ``encapsulate``.
+* :mod:`~minivpn.wireguard.receive`: the way in, ``decapsulate``.
 * :mod:`~minivpn.wireguard.core`: :class:`WireGuardCore`, the state machine tying it together.
 * :mod:`~minivpn.wireguard.config`: ``wg``/``wg-quick`` configuration files.
 * :mod:`~minivpn.wireguard.uapi`: the text protocol ``wg`` speaks to a userspace daemon.
@@ -30,6 +36,7 @@ The modules, from the bottom up:
 
 Names are imported from the module that defines them (``from minivpn.wireguard.core import
 WireGuardCore``); the package re-exports nothing, so that a program loads only the modules it
-uses (``minivpnd`` does without the configuration file parser), and every module loaded stays
-resident (docs/performance.md, "Memory of minivpnd").
+uses, and every module loaded stays resident (docs/performance.md, "Memory of minivpnd").
+``minivpnd`` does load every module above, the configuration file parser included: the core
+imports it for :meth:`WireGuardCore.from_config`.
 """

@@ -35,6 +35,7 @@ import ipaddress
 import os
 from typing import TYPE_CHECKING
 
+from minivpn.wireguard.constants import COOKIE_REFRESH_TIME
 from minivpn.wireguard.crypto import (
     MAC_SIZE,
     XNONCE_SIZE,
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
 LABEL_MAC1 = b"mac1----"
 #: Label hashed with the responder's public key to make the cookie encryption key.
 LABEL_COOKIE = b"cookie--"
-#: Seconds a cookie secret (responder) and a received cookie (initiator) stay valid.
-COOKIE_REFRESH_TIME = 120.0
 #: Size of the random secret cookies are made from.
 COOKIE_SECRET_SIZE = 32
 

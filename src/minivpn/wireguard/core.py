@@ -35,6 +35,14 @@ import time
 from typing import TYPE_CHECKING
 
 from minivpn.wireguard.config import Config, ConfigError
+from minivpn.wireguard.constants import (
+    DEFAULT_MTU,
+    KEEPALIVE_TIMEOUT,
+    MAX_PEERS,
+    MAX_TIMER_HANDSHAKES,
+    REKEY_TIMEOUT,
+    ZERO_KEY_MATERIAL_AFTER,
+)
 from minivpn.wireguard.errors import WireGuardError
 from minivpn.wireguard.events import (
     Action,
@@ -48,15 +56,7 @@ from minivpn.wireguard.events import (
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from minivpn.wireguard.peer import Peer
 from minivpn.wireguard.receive import ReceivePath
-from minivpn.wireguard.timers import (
-    DEFAULT_MTU,
-    KEEPALIVE_TIMEOUT,
-    MAX_PEERS,
-    MAX_TIMER_HANDSHAKES,
-    REKEY_TIMEOUT,
-    ZERO_KEY_MATERIAL_AFTER,
-    Timer,
-)
+from minivpn.wireguard.timers import Timer
 from minivpn.wireguard.uapi import (
     EINVAL,
     DeviceSnapshot,

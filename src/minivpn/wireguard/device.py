@@ -26,13 +26,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
 from minivpn.wireguard.allowedips import AllowedIPs
+from minivpn.wireguard.constants import DEFAULT_MTU
 from minivpn.wireguard.cookie import CookieChecker
 from minivpn.wireguard.events import Action, DropReason, HandshakeCompleted, PacketDropped
 from minivpn.wireguard.keypair import IndexTable, Keypair
 from minivpn.wireguard.noise import StaticIdentity, begin_session
 from minivpn.wireguard.ratelimit import RateLimiter
 from minivpn.wireguard.results import Dropped
-from minivpn.wireguard.timers import DEFAULT_MTU, TimerQueue
+from minivpn.wireguard.timers import TimerQueue
 
 if TYPE_CHECKING:
     from minivpn.wireguard.keys import PrivateKey, PublicKey

@@ -32,14 +32,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from minivpn.wireguard.crypto import TransportCipher
-from minivpn.wireguard.replay import REJECT_AFTER_MESSAGES, ReplayFilter
-from minivpn.wireguard.timers import (
-    KEEPALIVE_TIMEOUT,
+from minivpn.wireguard.constants import (
+    REJECT_AFTER_MESSAGES,
     REJECT_AFTER_TIME,
     REKEY_AFTER_TIME,
-    REKEY_TIMEOUT,
+    REKEY_ON_RECEIVE_AFTER_TIME,
 )
+from minivpn.wireguard.crypto import TransportCipher
+from minivpn.wireguard.replay import ReplayFilter
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -48,10 +48,6 @@ if TYPE_CHECKING:
     from minivpn.wireguard.peer import Peer
 
 __all__ = ["IndexTable", "Keypair", "KeypairSlots"]
-
-#: The initiator starts a new handshake when it *receives* under a keypair this old (seconds),
-#: so that a peer that only listens still gets new keys before the old ones expire.
-REKEY_ON_RECEIVE_AFTER_TIME = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 
 
 class Keypair:

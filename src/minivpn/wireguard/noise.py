@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 import attrs
 
+from minivpn.wireguard.constants import HANDSHAKE_INITIATION_RATE
 from minivpn.wireguard.crypto import (
     aead_decrypt,
     aead_encrypt,
@@ -68,8 +69,6 @@ IDENTIFIER = b"WireGuard v1 zx2c4 Jason@zx2c4.com"
 INITIAL_CHAINING_KEY = blake2s_hash(CONSTRUCTION)
 #: ``H_i = HASH(C_i || IDENTIFIER)``
 INITIAL_HASH = blake2s_hash(INITIAL_CHAINING_KEY, IDENTIFIER)
-#: A responder accepts at most one initiation per peer in this many seconds.
-HANDSHAKE_INITIATION_RATE = 1 / 50
 
 Rng = Callable[[int], bytes]
 

@@ -13,10 +13,11 @@ import collections
 import math
 from typing import TYPE_CHECKING
 
+from minivpn.wireguard.constants import MAX_STAGED_PACKETS
 from minivpn.wireguard.cookie import CookieGenerator
 from minivpn.wireguard.keypair import KeypairSlots
 from minivpn.wireguard.noise import PeerHandshakeState
-from minivpn.wireguard.timers import MAX_STAGED_PACKETS, PeerTimers
+from minivpn.wireguard.timers import PeerTimers
 
 if TYPE_CHECKING:
     import random

@@ -24,6 +24,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from minivpn.wireguard.constants import REJECT_AFTER_MESSAGES
 from minivpn.wireguard.cookie import cookie_source
 from minivpn.wireguard.errors import (
     DecryptionError,
@@ -50,7 +51,6 @@ from minivpn.wireguard.noise import (
     consume_response_untrusted,
     create_response,
 )
-from minivpn.wireguard.replay import REJECT_AFTER_MESSAGES
 from minivpn.wireguard.results import DONE, Decapsulated, WriteToNetwork, WriteToTunnel
 from minivpn.wireguard.send import TRANSPORT_OVERHEAD, SendPath
 

@@ -29,8 +29,9 @@ every genuine packet "too old" (a one-datagram denial of service).
 
 from __future__ import annotations
 
+from minivpn.wireguard.constants import REJECT_AFTER_MESSAGES
+
 __all__ = [
-    "REJECT_AFTER_MESSAGES",
     "RING_BLOCKS",
     "WINDOW_SIZE",
     "ReplayFilter",
@@ -44,10 +45,6 @@ RING_BLOCKS = 128
 _RING_MASK = RING_BLOCKS - 1
 #: How far behind the highest accepted counter a counter may be and still be accepted.
 WINDOW_SIZE = (RING_BLOCKS - 1) << _BLOCK_BITS_LOG  # 8128
-
-#: Counters at or above this are never accepted (wireguard-go ``device/constants.go``:
-#: ``RejectAfterMessages = 2**64 - 2**13 - 1``); a keypair must be replaced long before.
-REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1
 
 
 class ReplayFilter:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
+from minivpn.wireguard.constants import PADDING_MULTIPLE, REKEY_AFTER_MESSAGES, REKEY_TIMEOUT
 from minivpn.wireguard.crypto import TAG_SIZE
 from minivpn.wireguard.device import Buffer, Device
 from minivpn.wireguard.events import DropReason, SendDatagram
 from minivpn.wireguard.messages import TRANSPORT_HEADER_SIZE, MessageType
 from minivpn.wireguard.noise import create_initiation
 from minivpn.wireguard.results import Encapsulated, Queued, WriteToNetwork
-from minivpn.wireguard.timers import PADDING_MULTIPLE, REKEY_AFTER_MESSAGES, REKEY_TIMEOUT
 
 if TYPE_CHECKING:
     from minivpn.wireguard.keypair import Keypair

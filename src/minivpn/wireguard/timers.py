@@ -36,7 +36,8 @@ much better deal than heap operations on every packet.
 
 Other time-based rules are not timers but checks done when a packet goes by: a keypair older than
 REKEY_AFTER_TIME triggers a new handshake when the initiator sends; one older than
-REJECT_AFTER_TIME is no longer used (:mod:`minivpn.wireguard.keypair`).
+REJECT_AFTER_TIME is no longer used (:mod:`minivpn.wireguard.keypair`).  The constants
+themselves are in :mod:`minivpn.wireguard.constants`.
 """
 
 from __future__ import annotations
@@ -47,63 +48,19 @@ import itertools
 import math
 from typing import TYPE_CHECKING
 
+from minivpn.wireguard.constants import (
+    KEEPALIVE_TIMEOUT,
+    REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER_MAX,
+    ZERO_KEY_MATERIAL_AFTER,
+)
+
 if TYPE_CHECKING:
     import random
 
     from minivpn.wireguard.peer import Peer
 
-__all__ = [
-    "DEFAULT_MTU",
-    "KEEPALIVE_TIMEOUT",
-    "MAX_PEERS",
-    "MAX_STAGED_PACKETS",
-    "MAX_TIMER_HANDSHAKES",
-    "PADDING_MULTIPLE",
-    "REJECT_AFTER_TIME",
-    "REKEY_AFTER_MESSAGES",
-    "REKEY_AFTER_TIME",
-    "REKEY_ATTEMPT_TIME",
-    "REKEY_TIMEOUT",
-    "REKEY_TIMEOUT_JITTER_MAX",
-    "UNDER_LOAD_AFTER_TIME",
-    "ZERO_KEY_MATERIAL_AFTER",
-    "PeerTimers",
-    "Timer",
-    "TimerQueue",
-]
-
-# --- the protocol's constants (wireguard-go device/constants.go) --------------------------------
-
-#: A sender starts a new handshake once its keypair has sent this many messages.
-REKEY_AFTER_MESSAGES = 1 << 60
-#: The initiator starts a new handshake when its keypair is older than this (seconds).
-REKEY_AFTER_TIME = 120.0
-#: A keypair older than this is never used again, for sending or receiving (seconds).
-REJECT_AFTER_TIME = 180.0
-#: How long we keep retrying a handshake before giving up (seconds).
-REKEY_ATTEMPT_TIME = 90.0
-#: How long we wait for a response before sending the initiation again (seconds); also the
-#: shortest interval between two initiations to the same peer.
-REKEY_TIMEOUT = 5.0
-#: A random extra delay, up to this (seconds), is added to handshake timers so that two peers
-#: do not keep retrying in lockstep (wireguard-go adds 0 to 333 ms).
-REKEY_TIMEOUT_JITTER_MAX = 0.334
-#: Retries of one handshake before giving up: REKEY_ATTEMPT_TIME / REKEY_TIMEOUT.
-MAX_TIMER_HANDSHAKES = int(REKEY_ATTEMPT_TIME / REKEY_TIMEOUT)
-#: After receiving data, we send a keepalive if we have sent nothing for this long (seconds).
-KEEPALIVE_TIMEOUT = 10.0
-#: Keys are erased after this long without a new session (seconds).
-ZERO_KEY_MATERIAL_AFTER = 3 * REJECT_AFTER_TIME
-#: The "under load" state lasts this long after the runtime last saw a handshake backlog.
-UNDER_LOAD_AFTER_TIME = 1.0
-#: Plaintexts are padded with zeros to a multiple of this many bytes (capped at the MTU).
-PADDING_MULTIPLE = 16
-#: The MTU of a WireGuard interface unless configured otherwise (1500 minus 80 of overhead).
-DEFAULT_MTU = 1420
-#: Packets kept per peer while waiting for a handshake (wireguard-go QueueStagedSize).
-MAX_STAGED_PACKETS = 128
-#: The most peers one device holds (wireguard-go MaxPeers).
-MAX_PEERS = 1 << 16
+__all__ = ["PeerTimers", "Timer", "TimerQueue"]
 
 
 class Timer(enum.Enum):
