@@ -61,7 +61,6 @@ Packet = bytes | bytearray | memoryview
 READ_SIZE = 65535 + 4 + 12 + 18
 
 
-
 @attrs.define
 class TunStats:
     """Packets the device dropped instead of raising, by reason.

@@ -3,14 +3,14 @@
 The functions in this file occur in the order datagrams are processed (as in wireguard-go's
 ``device/receive.go``):
 
-1. :meth:`ReceivePath.decapsulate` looks at the message type;
-2. a *data message* (:meth:`ReceivePath._receive_data`): find the keypair by the receiver index,
-   check its age, decrypt, *then* check the counter against the replay window, promote a
-   responder's ``next`` keypair on its first use, follow the sender's address (roaming), tell the
-   timers, and check the inner packet's source against the peer's allowed IPs
-   (:meth:`ReceivePath._check_inner_packet`);
-3. a *handshake message* (:meth:`ReceivePath._receive_handshake_message`): mac1, always; under
-   load, mac2 or a cookie reply, and a rate limit per source; then the initiation
+1. :meth:`ReceivePath.decapsulate` looks at the message type, and takes a *data message*
+   itself: find the keypair by the receiver index, check its age, decrypt, *then* check the
+   counter against the replay window, promote a responder's ``next`` keypair on its first use
+   (:meth:`ReceivePath._confirm_next_keypair`), follow the sender's address and tell the timers
+   (:meth:`ReceivePath._data_received`), and check the inner packet's source against the peer's
+   allowed IPs (:meth:`ReceivePath._check_inner_packet`);
+2. a *handshake message* goes on to :meth:`ReceivePath._receive_handshake_message`: mac1,
+   always; under load, mac2 or a cookie reply, and a rate limit per source; then the initiation
    (:meth:`ReceivePath._consume_initiation`, answered with a response), the response
    (:meth:`ReceivePath._consume_response`) or the cookie reply
    (:meth:`ReceivePath._consume_cookie_reply`).
@@ -102,16 +102,9 @@ class ReceivePath(SendPath):
             Anything else the datagram sets in motion (the keepalive that confirms new keys,
             packets that waited for them) waits in :meth:`take_actions`.
         """
-        if len(datagram) >= TRANSPORT_OVERHEAD and datagram[0] == _TRANSPORT_DATA:
-            return self._receive_data(source, datagram, out, now)
-        return self._receive_handshake_message(source, datagram, out, now)
-
-    # --- data messages -------------------------------------------------------------------------
-
-    def _receive_data(
-        self, source: Endpoint, datagram: Buffer, out: memoryview, now: float
-    ) -> Decapsulated:
-        """A data message: decrypt it, check it, and hand over the packet inside."""
+        if len(datagram) < TRANSPORT_OVERHEAD or datagram[0] != _TRANSPORT_DATA:
+            return self._receive_handshake_message(source, datagram, out, now)
+        # A data message: decrypt it, check it, and hand over the packet inside.
         word, receiver, counter = _TRANSPORT_HEADER.unpack_from(datagram)
         if word != _TRANSPORT_DATA:  # the three bytes after the type must be zero
             return self._drop(DropReason.MALFORMED)
@@ -163,7 +156,8 @@ class ReceivePath(SendPath):
         ):
             timers.sent_last_minute_handshake = True
             self._send_handshake_initiation(peer, now, is_retry=False)
-        timers.any_authenticated_packet_traversal(now, peer.persistent_keepalive_interval)
+        if peer.persistent_keepalive_interval:  # only then is there a keepalive to push back
+            timers.any_authenticated_packet_traversal(now, peer.persistent_keepalive_interval)
         timers.any_authenticated_packet_received()
         peer.rx_bytes += size
         if plain_size:

@@ -70,17 +70,6 @@ def padded_size(size: int, mtu: int) -> int:
     return size + padded - last_unit
 
 
-def _destination(packet: Buffer) -> bytes | None:
-    """The destination address of an IPv4 or IPv6 packet, or None if it is neither."""
-    size = len(packet)
-    version = packet[0] >> 4 if size else 0
-    if version == 4 and size >= 20:
-        return _IPV4_DESTINATION.unpack_from(packet)[0]  # type: ignore[no-any-return]
-    if version == 6 and size >= 40:
-        return _IPV6_DESTINATION.unpack_from(packet)[0]  # type: ignore[no-any-return]
-    return None
-
-
 class SendPath(Device):
     """The send direction of the per-packet path (see the module docstring)."""
 
@@ -100,9 +89,16 @@ class SendPath(Device):
             A handshake to start, and anything else the call sets in motion, waits in
             :meth:`take_actions`.
         """
-        # Cryptokey routing: the destination address picks the peer.
-        destination = _destination(packet)
-        if destination is None:
+        # Cryptokey routing: the destination address (IPv4 bytes 16-19, IPv6 24-39) picks the
+        # peer.
+        size = len(packet)
+        version = packet[0] >> 4 if size else 0
+        destination: bytes
+        if version == 4 and size >= 20:
+            (destination,) = _IPV4_DESTINATION.unpack_from(packet)
+        elif version == 6 and size >= 40:
+            (destination,) = _IPV6_DESTINATION.unpack_from(packet)
+        else:
             return self._drop(DropReason.INVALID_INNER_PACKET)
         peer = self._route(destination)
         if peer is None:
@@ -115,8 +111,7 @@ class SendPath(Device):
         endpoint = peer.endpoint
         if endpoint is None:
             return self._drop(DropReason.NO_ENDPOINT, peer)
-        size = self._send_data(peer, keypair, packet, out, now)
-        return WriteToNetwork(size, endpoint)
+        return WriteToNetwork(self._send_data(peer, keypair, packet, out, now), endpoint)
 
     def _send_data(
         self, peer: Peer, keypair: Keypair, packet: Buffer, out: memoryview, now: float
@@ -131,7 +126,8 @@ class SendPath(Device):
         size = self._seal(keypair, packet, out)
         peer.tx_bytes += size
         timers = peer.timers
-        timers.any_authenticated_packet_traversal(now, peer.persistent_keepalive_interval)
+        if peer.persistent_keepalive_interval:  # only then is there a keepalive to push back
+            timers.any_authenticated_packet_traversal(now, peer.persistent_keepalive_interval)
         timers.any_authenticated_packet_sent()
         if len(packet):
             timers.data_sent(now)
