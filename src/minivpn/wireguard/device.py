@@ -31,7 +31,7 @@ from minivpn.wireguard.cookie import CookieChecker
 from minivpn.wireguard.events import Action, DropReason, HandshakeCompleted, PacketDropped
 from minivpn.wireguard.keypair import IndexTable, Keypair
 from minivpn.wireguard.noise import StaticIdentity, begin_session
-from minivpn.wireguard.ratelimit import RateLimiter
+from minivpn.wireguard.ratelimit import CookieReplyLimiter, RateLimiter
 from minivpn.wireguard.results import Dropped
 from minivpn.wireguard.timers import TimerQueue
 
@@ -62,8 +62,8 @@ class Device:
             runtime assigns it after binding, since port 0 means "any").
         fwmark: the firewall mark for the UDP socket (0: none).
         under_load: whether the device is "under load": handshake messages then need a valid
-            mac2 (else they get a cookie reply) and pass a per-source rate limit.  The runtime
-            decides (wireguard-go: while 128 or more handshake messages wait to be processed).
+            mac2 (else they get a cookie reply, rate-limited) and pass a per-source rate limit.
+            The runtime decides (:mod:`minivpn.wireguard.handshake_queue`).
         report_drops: also report every drop as a :class:`PacketDropped` action.
         drops: count of dropped datagrams and packets, by reason.
     """
@@ -110,6 +110,7 @@ class Device:
         self._index = IndexTable(rng)
         self._timers = TimerQueue()
         self._rate_limiter = RateLimiter()
+        self._cookie_reply_limiter = CookieReplyLimiter()
         self._actions: list[Action] = []
         # Where a packet is padded before it is sealed (see SendPath._seal).
         self._pad_buffer = memoryview(bytearray(MAX_DATAGRAM_SIZE))
@@ -196,6 +197,10 @@ class Device:
         self._actions.append(HandshakeCompleted(peer.public_key, initiator))
 
     # --- statistics ----------------------------------------------------------------------------
+
+    def count_drop(self, reason: DropReason) -> None:
+        """Count a drop the runtime decided on (a full handshake queue), as the core's own."""
+        self._drop(reason)
 
     def _drop(self, reason: DropReason, peer: Peer | None = None) -> Dropped:
         """Count a drop (and report it, with ``report_drops``); the result that says so."""

@@ -93,6 +93,11 @@ class DropReason(enum.Enum):
     STAGED_OVERFLOW = "staged_overflow"
     #: Staged packets discarded: the handshake was given up, keys were zeroed, or the peer removed.
     STAGED_FLUSHED = "staged_flushed"
+    #: A handshake message that found the queue of handshake messages full (a flood).
+    HANDSHAKE_QUEUE_FULL = "handshake_queue_full"
+    #: Under load, a handshake message that would get a cookie reply, but its source (or all
+    #: sources together) had as many cookie replies as allowed.
+    COOKIE_RATE_LIMITED = "cookie_rate_limited"
 
 
 @attrs.frozen
