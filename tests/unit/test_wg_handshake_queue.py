@@ -1,8 +1,7 @@
 """The handshake queue (minivpn.wireguard.handshake_queue): bounded, and the judge of "under load".
 
-Each rule of the module documentation, on a fake clock: what is queued and what is refused, the
-two ways of being under load (a backlog, and for 1 s after it; the CPU budget of the window,
-until the window ends), and the hard limit after which the work waits for the next window.
+Each rule of the module documentation, on a fake clock: what is queued and what is refused,
+being under load (a backlog, and for 1 s after it), and the CPU budget, a token bucket.
 """
 
 from __future__ import annotations
@@ -13,11 +12,10 @@ from hypothesis import strategies as st
 
 from minivpn.wireguard.constants import UNDER_LOAD_AFTER_TIME
 from minivpn.wireguard.handshake_queue import (
-    HANDSHAKE_CPU_LIMIT,
     HANDSHAKE_TIME_BUDGET,
+    HANDSHAKE_TIME_BURST,
     QUEUE_SIZE,
     UNDER_LOAD_QUEUE,
-    WINDOW,
     HandshakeQueue,
     is_handshake_message,
 )
@@ -67,8 +65,9 @@ def test_a_full_queue_refuses_and_counts() -> None:
     assert queue.offer(SOURCE, INITIATION, 0.0)  # room again
 
 
-def test_a_backlog_is_load_and_stays_load_for_a_second() -> None:
+def test_a_backlog_beyond_the_budget_is_load_and_stays_load_for_a_second() -> None:
     queue = HandshakeQueue()
+    queue.charge(HANDSHAKE_TIME_BURST, 10.0)  # the budget is used up
     for _ in range(UNDER_LOAD_QUEUE - 1):
         queue.offer(SOURCE, INITIATION, 10.0)
     assert not queue.under_load(10.0)
@@ -80,30 +79,63 @@ def test_a_backlog_is_load_and_stays_load_for_a_second() -> None:
     assert not queue.under_load(10.0 + UNDER_LOAD_AFTER_TIME)  # ... for a second now
 
 
-def test_the_cpu_budget_makes_load_until_the_window_ends() -> None:
+def test_a_burst_the_budget_can_still_clear_is_not_load() -> None:
     queue = HandshakeQueue()
-    queue.charge(HANDSHAKE_TIME_BUDGET - 0.01, 5.0)  # the window opens at 5.0
-    assert not queue.under_load(5.5)
-    queue.charge(0.01, 5.5)
-    assert queue.under_load(5.5)
-    assert queue.under_load(5.0 + WINDOW - 0.001)
-    assert not queue.under_load(5.0 + WINDOW)
-    assert queue.resume_at(5.9) is None  # under the hard limit: the work goes on
+    for _ in range(QUEUE_SIZE):
+        queue.offer(SOURCE, INITIATION, 10.0)
+    assert not queue.under_load(10.0)
+    queue.charge(HANDSHAKE_TIME_BURST / 2, 10.01)
+    queue.pop()
+    queue.offer(SOURCE, INITIATION, 10.01)
+    assert not queue.under_load(10.01)
+    queue.charge(HANDSHAKE_TIME_BURST, 10.02)  # now it cannot keep up
+    queue.pop()
+    queue.offer(SOURCE, INITIATION, 10.02)
+    assert queue.under_load(10.02)
 
 
-def test_the_cpu_limit_makes_the_work_wait_for_the_next_window() -> None:
+def test_the_cpu_budget_is_a_token_bucket() -> None:
     queue = HandshakeQueue()
-    queue.charge(HANDSHAKE_CPU_LIMIT, 7.0)
-    assert queue.resume_at(7.3) == 7.0 + WINDOW
-    assert queue.resume_at(7.0 + WINDOW) is None  # a new window, a new budget
-    assert not queue.under_load(7.0 + WINDOW)
+    assert queue.resume_at(5.0) is None  # a full bucket to start with
+    queue.charge(HANDSHAKE_TIME_BURST, 5.0)
+    resume = queue.resume_at(5.0)  # used up: wait for the refill
+    assert resume is not None
+    assert resume == pytest.approx(5.0)
+    queue.charge(0.002, 5.0)  # a slice that ran on past the end of the budget: a debt
+    resume = queue.resume_at(5.0)
+    assert resume == pytest.approx(5.0 + 0.002 / HANDSHAKE_TIME_BUDGET)
+    assert queue.resume_at(resume) is None
+    # Idle time refills the bucket at HANDSHAKE_TIME_BUDGET a second, up to the burst only.
+    queue.charge(HANDSHAKE_TIME_BURST, 100.0)
+    assert queue.resume_at(100.0) is not None
+    queue.charge(HANDSHAKE_TIME_BURST - 0.001, 200.0)
+    assert queue.resume_at(200.0) is None
+    queue.charge(0.0011, 200.0)
+    assert queue.resume_at(200.0) is not None
 
 
-def test_budgets_must_be_ordered() -> None:
+def test_budget_over_time_is_the_budget_rate() -> None:
+    """A worker that runs whenever allowed, in 2 ms slices, uses HANDSHAKE_TIME_BUDGET a second."""
+    queue = HandshakeQueue()
+    now, used = 0.0, 0.0
+    while now < 100.0:
+        resume = queue.resume_at(now)
+        if resume is not None:
+            now = resume
+            continue
+        queue.charge(0.002, now + 0.002)
+        used += 0.002
+        now += 0.002
+    assert used / now == pytest.approx(HANDSHAKE_TIME_BUDGET, rel=0.01)
+
+
+def test_budgets_must_make_sense() -> None:
     with pytest.raises(ValueError, match="budget"):
-        HandshakeQueue(budget=0.6, limit=0.5)
+        HandshakeQueue(budget=1.5)
     with pytest.raises(ValueError, match="budget"):
         HandshakeQueue(budget=0.0)
+    with pytest.raises(ValueError, match="burst"):
+        HandshakeQueue(burst=0.0)
 
 
 @settings(max_examples=200)
@@ -141,6 +173,6 @@ def test_any_sequence_keeps_the_bound_and_the_count(
         else:
             queue.charge(cpu, now)
             resume = queue.resume_at(now)
-            assert resume is None or now < resume <= now + WINDOW
+            assert resume is None or now < resume <= now + (cpu + 1) / HANDSHAKE_TIME_BUDGET
         assert len(queue) == len(model) <= size
         assert queue.dropped == refused

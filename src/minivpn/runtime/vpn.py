@@ -547,8 +547,8 @@ async def _handshakes(iface: _Runtime) -> None:
 
     A slice ends after HANDSHAKE_SLICE seconds of CPU time (or when the queue is empty); then
     the task checkpoints, and the data tasks, whose sockets and TUN device are readable, run
-    before the next slice.  Before each message the core learns whether it is under load;
-    once the window's CPU limit is spent, the task waits for the next window
+    before the next slice.  Before each message the core learns whether it is under load; once
+    the budget is used up, the task waits until it has refilled
     (:mod:`minivpn.wireguard.handshake_queue`).  The time is CPU time (``time.thread_time``):
     being preempted by other processes is not handshake work.
     """
