@@ -56,6 +56,19 @@ thing; it differs from wireguard-go only for odd orders that ``wg`` never produc
 
 wireguard-go also loses pipelined operations that arrive in the same read as the end of a
 ``set`` (its line scanner reads ahead); this parser keeps them.
+
+**Slices: lines apply as they arrive.**  A ``set`` can be any length (``wg setconf`` of a
+configuration with 300,000 allowed IPs; or a client that never sends the blank line).  So the
+parser does not hold a request until its end: every :data:`SET_SLICE_LINES` lines it hands what
+it has read as a :class:`SetRequest` with ``more=True``, to be applied at once, and goes on
+reading; the last slice (``more=False``) gets the answer.  What a connection holds is bounded
+(one line, one slice), whatever the client sends, and a runtime can yield to other work between
+two slices.  This is wireguard-go's line-by-line behaviour, in steps of a slice: what was
+applied stays applied if the request later fails (and the rest of the request is then skipped).
+A peer part that spans slices continues in the next one, with its ``remove=true`` and
+``update_only=true`` carried over; one difference with wireguard-go remains, for an order
+``wg`` never sends: ``update_only=true`` arriving a slice after the peer was created by its own
+request leaves the peer in place (wireguard-go removes it).
 """
 
 from __future__ import annotations
@@ -79,6 +92,7 @@ __all__ = [
     "EINVAL",
     "EIO",
     "EPROTO",
+    "SET_SLICE_LINES",
     "AllowedIPChange",
     "CloseConnection",
     "DeviceSet",
@@ -112,6 +126,8 @@ EADDRINUSE = -98
 
 #: wireguard-go reads set lines with bufio.Scanner, whose longest line is 64 KiB.
 MAX_LINE = 64 * 1024
+#: Lines of a ``set`` read before they are handed over as a slice to apply (a few ms of work).
+SET_SLICE_LINES = 1024
 
 _ZERO_HEX = "0" * 64
 
@@ -418,12 +434,16 @@ class SetRequest:
         errno: 0, or the negative errno of the line that ended the request early; device and
             peers then hold what came before that line (wireguard-go has applied it).
         message: what was wrong, for the log; never contains key material.
+        more: a slice of a request that goes on (see "Slices" above): apply it, answer nothing
+            yet; if applying it fails, skip the request's other slices and answer that errno
+            after its last one.
     """
 
     device: DeviceSet = attrs.field(factory=DeviceSet)
     peers: tuple[PeerSet, ...] = attrs.field(default=(), converter=_peer_sets)
     errno: int = 0
     message: str = attrs.field(default="", eq=False)
+    more: bool = False
 
 
 @attrs.frozen
@@ -467,6 +487,10 @@ class _PeerDraft:
     replace_allowed_ips: bool = False
     allowed_ips: list[AllowedIPChange] = attrs.field(factory=list)
 
+    def continuation(self) -> _PeerDraft:
+        """The same peer part, for the lines of the next slice (what was read is applied)."""
+        return _PeerDraft(self.public_key, remove=self.remove, update_only=self.update_only)
+
     def freeze(self) -> PeerSet:
         if self.remove:
             return PeerSet(self.public_key, remove=True)
@@ -488,6 +512,7 @@ class _SetDraft:
         self.device: dict[str, object] = {}
         self.peers: list[PeerSet] = []
         self.peer: _PeerDraft | None = None
+        self.lines = 0  # lines read since the last slice
 
     def finish(self, errno: int = 0, message: str = "") -> SetRequest:
         if self.peer is not None:
@@ -495,6 +520,16 @@ class _SetDraft:
             self.peer = None
         device = DeviceSet(**self.device)  # type: ignore[arg-type]
         return SetRequest(device, self.peers, errno, message)
+
+    def slice(self) -> SetRequest:
+        """What was read so far, to apply now (``more=True``); the peer part being read goes on."""
+        peers = self.peers
+        if self.peer is not None:
+            peers.append(self.peer.freeze())
+            self.peer = self.peer.continuation()
+        device = DeviceSet(**self.device)  # type: ignore[arg-type]
+        self.device, self.peers, self.lines = {}, [], 0
+        return SetRequest(device, peers, more=True)
 
     def line(self, line: str) -> None:
         """Apply one ``key=value`` line.
@@ -569,7 +604,9 @@ class UapiRequestParser:
                 if isinstance(event, GetRequest):
                     await stream.send_all(format_get_response(device.snapshot()))
                 elif isinstance(event, SetRequest):
-                    await stream.send_all(format_errno(device.apply(event)))
+                    result = device.apply(event)       # a slice, or the whole request
+                    if not event.more:                 # (after a failed slice, skip the rest)
+                        await stream.send_all(format_errno(result or event.errno))
                 elif isinstance(event, RequestError):
                     await stream.send_all(format_errno(event.errno))
                 else:  # CloseConnection
@@ -692,6 +729,9 @@ class UapiRequestParser:
             return
         try:
             self._set.line(raw.decode("utf-8", "surrogateescape"))
+            self._set.lines += 1
+            if self._set.lines >= SET_SLICE_LINES:
+                events.append(self._set.slice())
         except UapiError as exc:
             events.append(self._set.finish(exc.errno, str(exc)))
             self._set = None
