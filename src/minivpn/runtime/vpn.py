@@ -738,7 +738,8 @@ async def _offload_network_to_device(iface: _Runtime, sock: socket.socket) -> No
             # The kernel answers what we write from inside the write itself (a ping's reply,
             # TCP's ACKs), so the answer is usually in the TUN already: sending it now, in
             # this turn, saves one pass through trio's scheduler -- the largest part of the
-            # time a lone packet spends in this process (docs/performance.md, "Latency").
+            # time a lone packet spends in this process (docs/performance.md, "The VPN before
+            # data path v2").
             iface.drain_tun(now)
         else:
             iface.poke_timers()  # (no checkpoint: see _offload_device_to_network)
