@@ -2,7 +2,7 @@
 
 ::
 
-    minivpn up CONFIG|NAME [--foreground]
+    minivpn up CONFIG|NAME [--foreground] [--user USER [--group GROUP]]
     minivpn down NAME|CONFIG
 
 ``up`` does what ``wg-quick up`` does with a userspace implementation, in one process:
@@ -16,7 +16,10 @@
    each peer's ``AllowedIPs`` (honouring ``Table``);
 4. go to the background (unless ``--foreground``) and run the interface; the command returns
    once the UDP sockets are bound, or fails with the reason (e.g. the port is in use), leaving
-   nothing behind.
+   nothing behind;
+5. once the UDP sockets are bound, drop every capability but CAP_NET_ADMIN (and
+   CAP_NET_BIND_SERVICE for a privileged ``ListenPort``), set no_new_privs and, with
+   ``--user``, become that user (:mod:`minivpn.runtime.privileges`, docs/privileges.md).
 
 Decisions that differ from wg-quick, on purpose:
 
@@ -44,6 +47,7 @@ from minivpn.runtime.interface import (
     take_down,
     user_error_messages,
 )
+from minivpn.runtime.privileges import resolve_user
 from minivpn.runtime.process import (
     Readiness,
     daemonize,
@@ -89,6 +93,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="stay in the foreground, logging to stderr, until Ctrl-C or SIGTERM",
     )
+    up.add_argument(
+        "--user",
+        metavar="USER",
+        help="once set up, run as USER (name or uid), keeping only CAP_NET_ADMIN",
+    )
+    up.add_argument(
+        "--group", metavar="GROUP", help="with --user: run as GROUP (default: USER's group)"
+    )
     up.set_defaults(func=cmd_up)
 
     down = subparsers.add_parser(
@@ -118,6 +130,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     routes = plan_routes(config, filename, name)
     require_cap_net_admin(f"bring {name} up")
+    drop = resolve_user(args.user, args.group)
     endpoints = resolve_endpoints(config, filename)
     endpoint_addresses = [
         str(peer.endpoint.ip) if peer.endpoint.ip is not None else endpoints[peer.public_key][0]
@@ -145,12 +158,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             interface.close()  # the device goes, and with it what was configured so far
             raise
         if args.foreground:
-            serve_until_stopped(interface, build_core, Readiness())
+            serve_until_stopped(interface, build_core, Readiness(), drop)
             return 0
         readiness = daemonize(program="minivpn", keep_output=False, wait_for_readiness=True)
         # From here on this is the daemon: the parent reports what it is told and exits.
         try:
-            serve_until_stopped(interface, build_core, readiness)
+            serve_until_stopped(interface, build_core, readiness, drop)
         except BaseException as exc:
             messages = user_error_messages(exc)
             if messages is None:

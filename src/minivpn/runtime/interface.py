@@ -50,6 +50,12 @@ import attrs
 import trio
 
 from minivpn.errors import MinivpnError
+from minivpn.runtime.privileges import (
+    PrivilegeDrop,
+    capabilities_to_keep,
+    drop_privileges,
+    start_janitor,
+)
 from minivpn.runtime.process import STOP_SIGNALS, NotPrivileged, trim_heap
 from minivpn.runtime.uapi_server import UapiSocket, prepare_socket, socket_path
 from minivpn.tuntap.aio import TunDevice
@@ -198,6 +204,7 @@ def serve_until_stopped(
     interface: Interface,
     build_core: Callable[[float], WireGuardCore],
     readiness: Readiness,
+    drop: PrivilegeDrop | None = None,
 ) -> None:
     """Run the interface under trio until it stops, then tear it down.
 
@@ -210,6 +217,8 @@ def serve_until_stopped(
         build_core: makes the protocol state, given trio's clock (``trio.current_time()``):
             the core's timers run on that clock, so it is built inside ``trio.run``.
         readiness: told once the UDP sockets are bound and traffic can flow.
+        drop: if given, privileges are dropped as it says once the UDP sockets are bound,
+            before *readiness* is told (:mod:`minivpn.runtime.privileges`).
 
     Raises:
         MinivpnError: the interface could not start (e.g. its UDP port is in use), possibly
@@ -219,8 +228,10 @@ def serve_until_stopped(
     # SO_PEERCRED (and ``ss -xp``) then names the process that serves, not the parent that
     # created the socket and exited after daemonising.
     interface.uapi.listener.listen(socket.SOMAXCONN)
+    if drop is not None and drop.switches_user:
+        start_janitor(interface.uapi)  # removes the socket file, which the new user cannot
     try:
-        trio.run(_serve, interface, build_core, readiness)
+        trio.run(_serve, interface, build_core, readiness, drop)
     except* DeviceGone:
         log.info("device %s was deleted: stopping", interface.name)
     finally:
@@ -228,7 +239,10 @@ def serve_until_stopped(
 
 
 async def _serve(
-    interface: Interface, build_core: Callable[[float], WireGuardCore], readiness: Readiness
+    interface: Interface,
+    build_core: Callable[[float], WireGuardCore],
+    readiness: Readiness,
+    drop: PrivilegeDrop | None,
 ) -> None:
     # Imported here: minivpn.runtime.vpn pulls in the whole data path, which the
     # configuration checks of `minivpn up` and `minivpn down` do not need.
@@ -253,6 +267,8 @@ async def _serve(
 
                 nursery.start_soon(stop_on_signal)
                 await nursery.start(run)
+                if drop is not None:
+                    drop_privileges(drop, capabilities_to_keep(core.listen_port))
                 readiness.ready(
                     f"{name} is up: UDP port {core.listen_port}, socket {interface.uapi.path}, "
                     f"PID {os.getpid()}"

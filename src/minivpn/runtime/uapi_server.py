@@ -184,6 +184,8 @@ def _file_id(path: Path) -> FileId | None:
         info = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except PermissionError:
+        return None  # after a switch to another user (privileges.py): not ours to judge
     return info.st_dev, info.st_ino
 
 
@@ -204,12 +206,16 @@ class UapiSocket:
         listener: the bound, listening socket (blocking until trio wraps it).
         file_id: (st_dev, st_ino) of the file bound: how :meth:`close` and
             :func:`watch_socket_path` tell our file from one that replaced it.
+        handle: an ``O_PATH`` descriptor of the file, or -1: its link count drops to 0 when
+            the file is removed or replaced, which a process that may no longer look into the
+            directory (after ``--user``, docs/privileges.md) can still see.
     """
 
     name: str
     path: Path
     listener: socket.socket
     file_id: FileId
+    handle: int = -1
     _closed: bool = attrs.field(default=False, init=False)
 
     def close(self) -> None:
@@ -223,6 +229,8 @@ class UapiSocket:
             return
         self._closed = True
         self.listener.close()
+        if self.handle >= 0:
+            os.close(self.handle)
         if _file_id(self.path) == self.file_id:
             self.path.unlink(missing_ok=True)
 
@@ -284,13 +292,14 @@ def prepare_socket(name: str, directory: str | os.PathLike[str] | None = None) -
         if file_id is None:
             raise UapiServerError(f"socket {path} vanished right after it was created")
         listener.listen(socket.SOMAXCONN)
+        handle = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except BaseException:
         listener.close()
         if bound:
             path.unlink(missing_ok=True)
         raise
     log.debug("UAPI socket %s ready", path)
-    return UapiSocket(name, path, listener, file_id)
+    return UapiSocket(name, path, listener, file_id, handle)
 
 
 def _make_private_directory(directory: Path) -> None:
@@ -381,7 +390,11 @@ def _bind_error(path: Path, exc: OSError) -> UapiServerError:
 
 
 async def watch_socket_path(
-    path: str | os.PathLike[str], *, interval: float = 0.5, file_id: FileId | None = None
+    path: str | os.PathLike[str],
+    *,
+    interval: float = 0.5,
+    file_id: FileId | None = None,
+    handle: int = -1,
 ) -> None:
     """Return once the socket file at *path* is deleted or replaced by another file.
 
@@ -397,8 +410,15 @@ async def watch_socket_path(
         file_id: (st_dev, st_ino) of the file to watch (:attr:`UapiSocket.file_id`); when None,
             the file found at *path* now.  Passing it closes the gap between creating the
             socket and starting the watch.
+        handle: :attr:`UapiSocket.handle`: if given, the file's link count is watched instead
+            (0 once it is removed or replaced), which needs no right to look into its directory.
     """
     target = Path(path)
+    if handle >= 0:
+        while os.fstat(handle).st_nlink > 0:
+            await trio.sleep(interval)
+        log.info("UAPI socket %s was removed or replaced", target)
+        return
     expected = file_id if file_id is not None else _file_id(target)
     while True:
         if expected is None or _file_id(target) != expected:

@@ -449,9 +449,10 @@ async def run_interface(
         VpnError: the UDP port cannot be bound.
         DeviceGone: the device was deleted.
     """
-    file_id = None
+    file_id, handle = None, -1
     if isinstance(uapi_listener, UapiSocket):
         socket_path, file_id = uapi_listener.path, uapi_listener.file_id
+        handle = uapi_listener.handle
         uapi_listener = uapi_listener.listener
     iface = _Runtime(device, core)
     with contextlib.suppress(TunError):
@@ -485,7 +486,9 @@ async def run_interface(
             if uapi_listener is not None:
                 nursery.start_soon(serve_uapi, uapi_listener, iface)
             if socket_path is not None:
-                nursery.start_soon(_stop_when_removed, socket_path, file_id, nursery.cancel_scope)
+                nursery.start_soon(
+                    _stop_when_removed, socket_path, file_id, handle, nursery.cancel_scope
+                )
             # Anything the configuration asked for at once (keepalives, initiations).
             iface.carry_out(core.take_actions())
             task_status.started()
@@ -521,9 +524,12 @@ async def _report_on_signal(iface: _Runtime) -> None:
 
 
 async def _stop_when_removed(
-    path: str | os.PathLike[str], file_id: tuple[int, int] | None, scope: trio.CancelScope
+    path: str | os.PathLike[str],
+    file_id: tuple[int, int] | None,
+    handle: int,
+    scope: trio.CancelScope,
 ) -> None:
-    await watch_socket_path(path, file_id=file_id)
+    await watch_socket_path(path, file_id=file_id, handle=handle)
     log.info("the socket %s was removed: stopping", path)
     scope.cancel()
 
