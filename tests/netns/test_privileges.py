@@ -185,9 +185,7 @@ def test_minivpnd_keeps_only_cap_net_admin(
     daemons.wait_gone(pid)
 
 
-def test_everything_works_after_the_drop(
-    topo: Topology, daemons: Daemons, tmp_path: Path
-) -> None:
+def test_everything_works_after_the_drop(topo: Topology, daemons: Daemons, tmp_path: Path) -> None:
     exercise_pair(topo, daemons, tmp_path, tag="a", subnet="10.94.0", args=[])
 
 
@@ -214,9 +212,7 @@ def test_user_switch_keeps_cap_net_admin(topo: Topology, daemons: Daemons, tmp_p
 def test_everything_works_after_a_user_switch(
     topo: Topology, daemons: Daemons, tmp_path: Path
 ) -> None:
-    exercise_pair(
-        topo, daemons, tmp_path, tag="b", subnet="10.95.0", args=["--user", "nobody"]
-    )
+    exercise_pair(topo, daemons, tmp_path, tag="b", subnet="10.95.0", args=["--user", "nobody"])
 
 
 def test_minivpn_up_keeps_bind_service_for_a_privileged_port(

@@ -243,6 +243,16 @@ def test_messages_never_contain_keys() -> None:
         assert secret[:32] not in event.message
 
 
+def test_endpoint_errors_never_show_a_pasted_key() -> None:
+    secret = bytes(range(1, 33)).hex()
+    for value in (f"{secret}:51820", f"[{secret}]:51820", f"{secret}:51820:1", secret):
+        (event,) = parse(f"set=1\npublic_key={HEX1}\nendpoint={value}\n\n".encode())
+        assert isinstance(event, SetRequest)
+        assert event.errno == EINVAL
+        assert secret[:24] not in event.message, event.message
+        assert secret[24:48] not in event.message, event.message
+
+
 def test_several_operations_on_one_connection_in_any_chunks() -> None:
     stream = (
         b"get=1\n\n"

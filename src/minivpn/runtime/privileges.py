@@ -208,9 +208,8 @@ def drop_privileges(plan: PrivilegeDrop, keep: Iterable[int]) -> None:
         last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
         for cap in range(last + 1):
             if not kept >> cap & 1:
-                _prctl(_PR_CAPBSET_DROP, cap, "drop capability %d from the bounding set" % cap)
-    if plan.switches_user:
-        assert plan.uid is not None and plan.gid is not None
+                _prctl(_PR_CAPBSET_DROP, cap, f"drop capability {cap} from the bounding set")
+    if plan.switches_user and plan.uid is not None and plan.gid is not None:
         _prctl(_PR_SET_KEEPCAPS, 1, "keep capabilities across the user switch")
         try:
             os.setgroups([plan.gid])

@@ -414,14 +414,12 @@ async def watch_socket_path(
             (0 once it is removed or replaced), which needs no right to look into its directory.
     """
     target = Path(path)
-    if handle >= 0:
-        while os.fstat(handle).st_nlink > 0:
-            await trio.sleep(interval)
-        log.info("UAPI socket %s was removed or replaced", target)
-        return
     expected = file_id if file_id is not None else _file_id(target)
     while True:
-        if expected is None or _file_id(target) != expected:
+        if handle >= 0:
+            if os.fstat(handle).st_nlink == 0:
+                break
+        elif expected is None or _file_id(target) != expected:
             break
         await trio.sleep(interval)
     log.info("UAPI socket %s was removed or replaced", target)

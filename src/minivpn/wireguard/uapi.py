@@ -82,7 +82,7 @@ import attrs
 
 from minivpn.wireguard.allowedips import IPAddress, IPNetwork, Prefix
 from minivpn.wireguard.errors import InvalidKey, WireGuardError
-from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
+from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey, redacted
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -153,7 +153,7 @@ _DIGITS = re.compile(r"[0-9]+")
 def _parse_uint(value: str, bits: int, what: str) -> int:
     """Go's ``strconv.ParseUint(value, 10, bits)``: ASCII digits only, no sign, in range."""
     if len(value) > 40 or not _DIGITS.fullmatch(value) or int(value) >= 1 << bits:
-        raise UapiError(f"invalid {what}: {value[:40]!r}", EINVAL)
+        raise UapiError(f"invalid {what}: {redacted(value[:40])}", EINVAL)
     return int(value)
 
 
@@ -166,7 +166,9 @@ def _parse_hex_key(value: str, what: str) -> bytes:
 
 def _parse_true(value: str, what: str) -> bool:
     if value != "true":
-        raise UapiError(f"invalid {what}: only 'true' is allowed, got {value[:40]!r}", EINVAL)
+        raise UapiError(
+            f"invalid {what}: only 'true' is allowed, got {redacted(value[:40])}", EINVAL
+        )
     return True
 
 
@@ -177,23 +179,23 @@ def _parse_addr(text: str) -> IPAddress:
             return ipaddress.IPv6Address(text)
         return ipaddress.IPv4Address(text)
     except ValueError:
-        raise UapiError(f"invalid IP address: {text[:60]!r}", EINVAL) from None
+        raise UapiError(f"invalid IP address: {redacted(text[:60])}", EINVAL) from None
 
 
 def _parse_endpoint(value: str) -> AddrPort:
     """Go's ``netip.ParseAddrPort``: ``1.2.3.4:5`` or ``[fd00::1]:5`` (port 0 allowed)."""
     host, colon, port_text = value.rpartition(":")
     if not colon or not host or not port_text:
-        raise UapiError(f"invalid endpoint: {value[:80]!r}", EINVAL)
+        raise UapiError(f"invalid endpoint: {redacted(value[:80])}", EINVAL)
     bracketed = host.startswith("[")
     if bracketed:
         if len(host) < 2 or not host.endswith("]"):
-            raise UapiError(f"invalid endpoint: {value[:80]!r}", EINVAL)
+            raise UapiError(f"invalid endpoint: {redacted(value[:80])}", EINVAL)
         host = host[1:-1]
     port = _parse_uint(port_text, 16, "endpoint port")
     address = _parse_addr(host)
     if bracketed != (address.version == 6):
-        raise UapiError(f"invalid endpoint: {value[:80]!r}: brackets go with IPv6", EINVAL)
+        raise UapiError(f"invalid endpoint: {redacted(value[:80])}: brackets go with IPv6", EINVAL)
     return address, port
 
 
@@ -267,16 +269,18 @@ def _parse_prefix_with_ipaddress(value: str) -> Prefix:
     """:func:`_parse_prefix` for any text, with ``ipaddress`` (slower, and the reference)."""
     address_text, slash, bits_text = value.rpartition("/")
     if not slash:
-        raise UapiError(f"invalid allowed_ip: {value[:60]!r}: no '/'", EINVAL)
+        raise UapiError(f"invalid allowed_ip: {redacted(value[:60])}: no '/'", EINVAL)
     address = _parse_addr(address_text)
     if getattr(address, "scope_id", None) is not None:
-        raise UapiError(f"invalid allowed_ip: {value[:60]!r}: zones are not allowed", EINVAL)
+        raise UapiError(
+            f"invalid allowed_ip: {redacted(value[:60])}: zones are not allowed", EINVAL
+        )
     if (
         not _DIGITS.fullmatch(bits_text)
         or (len(bits_text) > 1 and bits_text[0] == "0")
         or int(bits_text[:4]) > address.max_prefixlen
     ):
-        raise UapiError(f"invalid allowed_ip: {value[:60]!r}: bad prefix length", EINVAL)
+        raise UapiError(f"invalid allowed_ip: {redacted(value[:60])}: bad prefix length", EINVAL)
     return Prefix.from_network(ipaddress.ip_network((address, int(bits_text)), strict=False))
 
 
@@ -561,7 +565,7 @@ class _SetDraft:
         elif key == "replace_peers":
             self.device["replace_peers"] = _parse_true(value, "replace_peers")
         else:
-            raise UapiError(f"invalid device key: {key[:40]!r}", EINVAL)
+            raise UapiError(f"invalid device key: {redacted(key[:40])}", EINVAL)
 
     @staticmethod
     def peer_line(peer: _PeerDraft, key: str, value: str) -> None:
@@ -587,9 +591,9 @@ class _SetDraft:
             peer.allowed_ips.clear()
         elif key == "protocol_version":
             if value != "1":
-                raise UapiError(f"invalid protocol_version: {value[:40]!r}", EINVAL)
+                raise UapiError(f"invalid protocol_version: {redacted(value[:40])}", EINVAL)
         else:
-            raise UapiError(f"invalid peer key: {key[:40]!r}", EINVAL)
+            raise UapiError(f"invalid peer key: {redacted(key[:40])}", EINVAL)
 
 
 class UapiRequestParser:
@@ -899,7 +903,7 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
         for line in body:
             key, equals, value = line.partition("=")
             if not equals:
-                raise UapiError(f"line without '=' in get response: {line[:40]!r}")
+                raise UapiError(f"line without '=' in get response: {redacted(line[:40])}")
             if key == "public_key":
                 peers.append({"public_key": PublicKey.from_hex(_checked_hex(value)), "ips": []})
             elif not peers:
