@@ -61,3 +61,17 @@ def bench(session: nox.Session) -> None:
     if not session.posargs:
         session.run("python", "tests/bench/floor.py")
         session.run("python", "tests/bench/core_bench.py")
+        session.run("python", "tests/bench/attacks.py", "minivpn", "wireguard-go")
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """The fuzz targets of tests/fuzz for FUZZ_SECONDS (default 300), growing their corpus.
+
+    ``nox -s tests`` runs the same targets briefly and replays the corpus
+    (tests/fuzz/test_fuzz.py); this runs them for a set time and keeps, in
+    tests/fuzz/corpus/TARGET/, the shortest input for every new outcome (tests/fuzz/run.py).
+    ``nox -s fuzz -- config uapi --seconds 60`` picks targets and time.
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "tests/fuzz/run.py", *session.posargs)
