@@ -75,3 +75,14 @@ def fuzz(session: nox.Session) -> None:
     """
     session.install("-e", ".[test]")
     session.run("python", "tests/fuzz/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """10 minutes of iperf3 and pings through minivpn <-> wireguard-go, rekeying every minute
+    (a test build of the timers), wireguard-go restarted halfway; fails on RSS growth over 5 MB
+    or a stall over 5 s (tests/bench/soak.py; docs/reliability.md).  Never part of the tests."""
+    session.install("-e", ".[test]")
+    if os.geteuid() != 0:
+        session.error("the soak needs root (it runs wireguard-go and iperf3 in namespaces)")
+    session.run("python", "tests/bench/soak.py", *session.posargs)
