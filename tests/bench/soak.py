@@ -30,6 +30,7 @@ prints the figures that docs/reliability.md records.  A benchmark, never part of
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -148,7 +149,7 @@ def ping_gaps(out: str) -> tuple[float, int, int]:
     """(the longest time between two replies in s, replies, sent) of ``ping -D`` output."""
     stamps = [float(m) for m in re.findall(r"^\[([0-9.]+)\] \d+ bytes from", out, re.MULTILINE)]
     sent = re.search(r"(\d+) packets transmitted", out)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     return max(gaps, default=float("inf")), len(stamps), int(sent.group(1)) if sent else 0
 
 
