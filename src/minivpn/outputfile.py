@@ -30,14 +30,18 @@ class OutputFileError(MinivpnError):
     """An output file cannot, or must not, be opened."""
 
 
-def open_output(path: str | os.PathLike[str], what: str = "file") -> BinaryIO:
+def open_output(
+    path: str | os.PathLike[str], what: str = "file", *, append: bool = False
+) -> BinaryIO:
     """Open *path* to write *what* (``"capture"``): a private file, never through a symlink.
+
+    With *append* (a log file), what the file holds is kept and writes go to its end.
 
     Raises:
         OutputFileError: *path* is a symbolic link, a file with other hard links, or cannot
             be opened (the reason is given).
     """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_APPEND if append else 0)
     try:
         fd = os.open(path, flags, 0o600)
     except OSError as exc:
@@ -58,8 +62,9 @@ def open_output(path: str | os.PathLike[str], what: str = "file") -> BinaryIO:
                     f"{info.st_nlink - 1} other hard link(s), so it may be another file"
                 )
             os.fchmod(fd, 0o600)
-            os.ftruncate(fd, 0)
-        return open(fd, "wb")  # the caller closes it
+            if not append:
+                os.ftruncate(fd, 0)
+        return open(fd, "ab" if append else "wb")  # the caller closes it
     except BaseException:
         os.close(fd)
         raise

@@ -69,3 +69,17 @@ def test_a_file_with_another_hard_link_is_refused(tmp_path: Path) -> None:
 def test_other_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(OutputFileError, match=r"cannot write the capture to .*/missing/x: No such"):
         open_output(tmp_path / "missing" / "x", "capture")
+
+
+def test_append_keeps_what_is_there(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"line 1\n")
+    path.chmod(0o644)
+    with open_output(path, "log", append=True) as file:
+        file.write(b"line 2\n")
+    assert path.read_bytes() == b"line 1\nline 2\n"
+    assert mode(path) == 0o600
+    link = tmp_path / "link"
+    link.symlink_to(path)
+    with pytest.raises(OutputFileError, match=r"refusing to write the log to .*symbolic link"):
+        open_output(link, "log", append=True)

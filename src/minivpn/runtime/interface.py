@@ -229,7 +229,8 @@ def serve_until_stopped(
     # created the socket and exited after daemonising.
     interface.uapi.listener.listen(socket.SOMAXCONN)
     if drop is not None and drop.switches_user:
-        start_janitor(interface.uapi)  # removes the socket file, which the new user cannot
+        # The new user cannot remove the socket file: a janitor will (runtime/privileges.py).
+        start_janitor([(interface.uapi.path, interface.uapi.file_id)])
     try:
         trio.run(_serve, interface, build_core, readiness, drop)
     except* DeviceGone:

@@ -51,8 +51,6 @@ from minivpn.errors import MinivpnError
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from minivpn.runtime.uapi_server import UapiSocket
-
 __all__ = [
     "CAP_NET_ADMIN",
     "CAP_NET_BIND_SERVICE",
@@ -273,18 +271,20 @@ def _capset(bits: int) -> None:
 # --- the janitor ----------------------------------------------------------------------------------
 
 
-def start_janitor(uapi: UapiSocket) -> int:
-    """Fork the process that removes *uapi*'s file once this one has ended; return its PID.
+def start_janitor(files: Iterable[tuple[Path, tuple[int, int]]]) -> int:
+    """Fork the process that removes *files* once this one has ended; return its PID.
 
-    For a daemon about to switch user (see the module documentation).  Call it before trio
-    starts, with one thread.  The janitor keeps the current uid and drops every capability at
-    once; this process keeps the pipe's write end until it exits.
+    For a daemon about to switch user (see the module documentation).  Each file is a
+    ``(path, (st_dev, st_ino))`` pair: it is removed only if it is still that file, a socket.
+    Call it before trio starts, with one thread.  The janitor keeps the current uid and drops
+    every capability at once; this process keeps the pipe's write end until it exits.
     """
+    files = list(files)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the janitor: never returns into the caller's code
         try:
-            _janitor(read_end, uapi.path, uapi.file_id)
+            _janitor(read_end, files)
         finally:
             os._exit(0)
     os.close(read_end)
@@ -292,7 +292,7 @@ def start_janitor(uapi: UapiSocket) -> int:
     return pid
 
 
-def _janitor(read_end: int, path: Path, file_id: tuple[int, int]) -> None:
+def _janitor(read_end: int, files: list[tuple[Path, tuple[int, int]]]) -> None:
     os.setsid()  # out of the daemon's process group: a Ctrl-C meant for it is not for us
     os.dup2(read_end, 0)
     os.closerange(1, os.sysconf("SC_OPEN_MAX"))
@@ -304,9 +304,10 @@ def _janitor(read_end: int, path: Path, file_id: tuple[int, int]) -> None:
     drop_privileges(PrivilegeDrop(), keep=())
     while os.read(0, 1):
         pass  # the daemon never writes; EOF means it has exited
-    try:
-        info = os.lstat(path)
-    except OSError:
-        return
-    if (info.st_dev, info.st_ino) == file_id and stat.S_ISSOCK(info.st_mode):
-        os.unlink(path)
+    for path, file_id in files:
+        try:
+            info = os.lstat(path)
+            if (info.st_dev, info.st_ino) == file_id and stat.S_ISSOCK(info.st_mode):
+                os.unlink(path)
+        except OSError:
+            continue
