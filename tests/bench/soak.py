@@ -158,6 +158,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--rate", type=int, default=50, help="iperf3 pace, Mbit/s")
     parser.add_argument("--rekey", type=float, default=60.0, help="REKEY_AFTER_TIME, s")
+    parser.add_argument(
+        "--out", type=Path, default=Path("/tmp/minivpn-soak"), help="raw outputs go here"
+    )
     args = parser.parse_args()
     if os.environ.get("MINIVPN_ISOLATED") != "1":
         isolate = str(ROOT / "netns/isolate")
@@ -182,19 +185,24 @@ def main() -> int:
             ["iperf3", "-c", B_INNER, "-t", str(seconds), "-i", "1", "-b", f"{args.rate}M", "-J",
              "--connect-timeout", "5000"]
         )  # fmt: skip
+        # Into files: a pipe nobody reads for minutes fills up (64 KiB) and stops ping.
+        ping_files = [(workdir / f"ping-{ab}.txt").open("w+") for ab in ("a-b", "b-a")]
         pings = [
-            soak.a.popen(["ping", "-D", "-n", "-i", "0.2", "-w", str(seconds), B_INNER]),
-            soak.b.popen(["ping", "-D", "-n", "-i", "0.2", "-w", str(seconds), A_INNER]),
+            ns.popen(["ping", "-D", "-n", "-i", "0.2", "-w", str(seconds), target], stdout=file)
+            for ns, target, file in zip(
+                (soak.a, soak.b), (B_INNER, A_INNER), ping_files, strict=True
+            )
         ]
         start = time.monotonic()
         samples: list[tuple[int, int]] = []
         handshakes: set[int] = set()
         restarted = False
-        restart_seconds = 0.0
+        restart_seconds = restart_at = 0.0
         while (elapsed := time.monotonic() - start) < seconds:
             samples.append((round(elapsed), rss_kib(soak.a_proc.pid)))
             handshakes.add(soak.handshake_time())
             if not restarted and elapsed >= seconds / 2:
+                restart_at = time.time()
                 restart_seconds = soak.restart_b()
                 restarted = True
                 log(f"restarted wireguard-go at {elapsed:.0f} s ({restart_seconds:.2f} s)")
@@ -202,17 +210,33 @@ def main() -> int:
                 f"{len(handshakes - {0})} handshakes seen")  # fmt: skip
             time.sleep(max(0.0, 10 - (time.monotonic() - start - elapsed)))
         out, err = iperf.communicate(timeout=60)
-        ping_outs = [p.communicate(timeout=60)[0] for p in pings]
+        for ping in pings:
+            ping.wait(timeout=60)
+        ping_outs = [(workdir / f"ping-{ab}.txt").read_text() for ab in ("a-b", "b-a")]
         handshakes.add(soak.handshake_time())
         a_alive = soak.a_proc.poll() is None
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "iperf3.json").write_text(out)
+        for label, text in zip(("ping-a-b", "ping-b-a"), ping_outs, strict=True):
+            (args.out / f"{label}.txt").write_text(text)
+        (args.out / "minivpnd.log").write_text((workdir / "minivpnd.log").read_text())
+        (args.out / "events.json").write_text(
+            json.dumps({"start": time.time() - (time.monotonic() - start),
+                        "restart": restart_at, "rss": samples}) + "\n"
+        )  # fmt: skip
     data = json.loads(out)
     if "error" in data:
         log(f"iperf3 failed: {data['error']}")
         return 1
     moved = [int(i["sum"]["bytes"]) for i in data["intervals"]]
     longest_zero = run = 0
-    for value in moved:
+    stalls = []
+    for second, value in enumerate(moved):
         run = run + 1 if value == 0 else 0
+        if run == 1:
+            stalls.append([second, 0])
+        if run:
+            stalls[-1][1] = run
         longest_zero = max(longest_zero, run)
     gaps = [ping_gaps(text) for text in ping_outs]
     baseline = next(kib for at, kib in samples if at >= 60)
@@ -227,10 +251,13 @@ def main() -> int:
         f" retransmits {data['end']['sum_sent'].get('retransmits', 'n/a')},"
         f" longest run of empty 1 s intervals {longest_zero}"
     )
+    print("iperf3 stalls (second of the run: empty seconds): " + (
+        ", ".join(f"{at}: {length}" for at, length in stalls) or "none"
+    ))  # fmt: skip
     for label, (gap, replies, sent) in zip(("A->B", "B->A"), gaps, strict=True):
         print(f"ping {label}: {replies}/{sent} replies, longest gap between replies {gap:.2f} s")
     print(f"handshakes seen by A: {len(handshakes - {0})} distinct (latest-handshake values)")
-    print(f"wireguard-go restart at half time: {restart_seconds:.2f} s")
+    print(f"wireguard-go restart at half time: {restart_seconds:.2f} s; raw outputs in {args.out}")
     print("A's RSS every 10 s (MiB): " + " ".join(f"{kib / 1024:.1f}" for _, kib in samples))
     print(f"RSS growth after the first minute: {growth_mb:.2f} MB (limit 5)")
     print(f"longest stall: {stall:.2f} s (limit 5)")
