@@ -176,3 +176,46 @@ def test_any_sequence_keeps_the_bound_and_the_count(
             assert resume is None or now < resume <= now + (cpu + 1) / HANDSHAKE_TIME_BUDGET
         assert len(queue) == len(model) <= size
         assert queue.dropped == refused
+
+
+def test_a_flood_stays_load_while_it_lasts_and_a_trickle_does_not() -> None:
+    """Under load, messages are cheap and the backlog goes; the flood's rate keeps it load."""
+    queue = HandshakeQueue(size=QUEUE_SIZE)
+    source = ("192.0.2.9", 1)
+    now = 10.0
+    for _ in range(UNDER_LOAD_QUEUE):  # a backlog with the budget used up: load
+        queue.offer(source, INITIATION, now)
+    queue.charge(1.0, now)
+    queue.offer(source, INITIATION, now)
+    assert queue.under_load(now)
+    while queue:
+        queue.pop()
+    # Then 5 s of 2000 messages a second, each taken at once and cheaply: still load.
+    for _ in range(10_000):
+        now += 1 / 2000
+        assert queue.offer(source, INITIATION, now)
+        queue.pop()
+        queue.charge(5e-6, now)
+        assert queue.under_load(now), now
+    # The flood ends: once the last second's rate is under UNDER_LOAD_RATE (within a second)
+    # and a second more has passed, load is over, and 10 messages a second do not keep it.
+    end = now
+    for _ in range(40):
+        now += 0.1
+        queue.offer(source, INITIATION, now)
+        queue.pop()
+    assert queue.under_load(end + 0.5)
+    assert not queue.under_load(end + 1.0 + UNDER_LOAD_AFTER_TIME + 0.01)
+    assert not queue.under_load(now)
+
+
+def test_a_high_rate_alone_is_not_load() -> None:
+    """2000 cheap messages a second that the budget clears never start load by themselves."""
+    queue = HandshakeQueue(size=QUEUE_SIZE)
+    now = 10.0
+    for _ in range(4000):
+        now += 1 / 2000
+        queue.offer(("192.0.2.9", 1), INITIATION, now)
+        queue.pop()
+        queue.charge(5e-6, now)
+        assert not queue.under_load(now)

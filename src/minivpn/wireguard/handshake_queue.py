@@ -27,7 +27,11 @@ reply instead of spending a Diffie-Hellman operation on it, and rate-limits each
 wireguard-go's rule (an eighth of the queue), which its goroutines on every core meet only under
 a real flood; one thread meets it with any burst, so a backlog the saved-up budget can still
 clear (a burst of legitimate handshakes) does not count.  Under load a message costs a few
-microseconds instead of a few hundred.
+microseconds instead of a few hundred, so the backlog soon goes: to keep a flood from turning
+"under load" off and on again (a second of cookies, then Diffie-Hellman work until the budget
+and the queue say "load" again, a gap in which anyone gets in without a cookie), load also lasts
+while handshake messages keep arriving at :data:`UNDER_LOAD_RATE` a second or more, about what
+the budget pays for at full price.
 
 Sans-IO: the runtime passes ``now`` (monotonic seconds) and the CPU time it measured.
 """
@@ -56,6 +60,7 @@ __all__ = [
     "HANDSHAKE_TIME_BURST",
     "QUEUE_SIZE",
     "UNDER_LOAD_QUEUE",
+    "UNDER_LOAD_RATE",
     "HandshakeQueue",
     "is_handshake_message",
 ]
@@ -68,6 +73,9 @@ UNDER_LOAD_QUEUE = QUEUE_SIZE // 8
 HANDSHAKE_TIME_BUDGET = 0.4
 #: CPU seconds of handshake work that can be saved up while there is none (the bucket's size).
 HANDSHAKE_TIME_BURST = 0.05
+#: Handshake messages a second that keep the device under load once it is: what the budget
+#: answers at full price (docs/performance.md, "Handshakes": 1000 a second).
+UNDER_LOAD_RATE = 1000
 
 #: The exact size of each handshake message type.
 _SIZES = {
@@ -115,12 +123,17 @@ class HandshakeQueue:
         self._backlog_until = -math.inf
         self._seconds = burst  # CPU seconds the work may still use now
         self._refilled: float | None = None
+        # Arrivals in the current one-second window, and in the one before it.
+        self._window = -math.inf
+        self._arrivals = 0
+        self._arrivals_before = 0
 
     def __len__(self) -> int:
         return len(self._messages)
 
     def offer(self, source: Endpoint, datagram: Buffer, now: float) -> bool:
         """Queue a copy of *datagram* from *source*; False (and counted) if the queue is full."""
+        self._count_arrival(now)
         messages = self._messages
         if len(messages) >= self.size:
             self.dropped += 1
@@ -131,6 +144,20 @@ class HandshakeQueue:
             if self._seconds <= 0:
                 self._backlog_until = now + UNDER_LOAD_AFTER_TIME
         return True
+
+    def _count_arrival(self, now: float) -> None:
+        """Count one arrival; while under load, a rate of UNDER_LOAD_RATE or more extends it."""
+        if now - self._window >= 1.0:
+            # The window before is the one that just ended, or nothing if more time went by.
+            self._arrivals_before = self._arrivals if now - self._window < 2.0 else 0
+            self._window, self._arrivals = now, 0
+        self._arrivals += 1
+        if now < self._backlog_until:
+            # The last second's arrivals: this window's, and the share of the one before it
+            # that is less than a second old.
+            recent = self._arrivals + self._arrivals_before * (1.0 - (now - self._window))
+            if recent >= UNDER_LOAD_RATE:
+                self._backlog_until = now + UNDER_LOAD_AFTER_TIME
 
     def pop(self) -> tuple[Endpoint, bytes]:
         """The oldest waiting message and its source.
