@@ -436,7 +436,11 @@ def config(data: bytes) -> str:
         message = str(exc)
         assert message.startswith("fuzz.conf"), message
         assert "\n" not in message, message
-        return _label(exc).split(":")[0] + ": " + " ".join(message.split()[1:3])
+        # The kind of error, without the values it quotes (which would make every input new).
+        words = re.sub(
+            r"'[^']*'|\"[^\"]*\"|<[^>]*>|\[[^\]]*\]|\S*\d\S*", "_", message
+        ).split()[1:4]
+        return f"ConfigError: {' '.join(words)}"
     return f"config, {min(len(parsed.peers), 2)} peers"
 
 
