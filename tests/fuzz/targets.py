@@ -437,9 +437,7 @@ def config(data: bytes) -> str:
         assert message.startswith("fuzz.conf"), message
         assert "\n" not in message, message
         # The kind of error, without the values it quotes (which would make every input new).
-        words = re.sub(
-            r"'[^']*'|\"[^\"]*\"|<[^>]*>|\[[^\]]*\]|\S*\d\S*", "_", message
-        ).split()[1:4]
+        words = re.sub(r"'[^']*'|\"[^\"]*\"|<[^>]*>|\[[^\]]*\]|\S*\d\S*", "_", message).split()[1:4]
         return f"ConfigError: {' '.join(words)}"
     return f"config, {min(len(parsed.peers), 2)} peers"
 
