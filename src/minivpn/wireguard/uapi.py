@@ -63,6 +63,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
@@ -741,6 +742,11 @@ def _strings(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _counts(values: Mapping[str, int] | Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    items = values.items() if isinstance(values, Mapping) else values
+    return tuple((str(name), int(count)) for name, count in items)
+
+
 @attrs.frozen
 class PeerSnapshot:
     """One peer as ``get=1`` reports it.
@@ -754,6 +760,10 @@ class PeerSnapshot:
         tx_bytes, rx_bytes: transport bytes sent and received.
         persistent_keepalive_interval: seconds, 0 for off.
         allowed_ips: the peer's prefixes as text (:func:`format_allowed_ip`), in table order.
+        drops: minivpn's drops for this peer, ``(reason, count)`` for each reason seen.
+        counters: minivpn's other counters of the peer, ``(name, value)``
+            (:class:`~minivpn.wireguard.counters.PeerCounters`).  Both are empty for another
+            daemon (see :func:`format_get_response`).
     """
 
     public_key: PublicKey
@@ -765,6 +775,8 @@ class PeerSnapshot:
     rx_bytes: int = 0
     persistent_keepalive_interval: int = 0
     allowed_ips: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    drops: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_counts)
+    counters: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_counts)
 
 
 def _peer_snapshots(values: Iterable[PeerSnapshot]) -> tuple[PeerSnapshot, ...]:
@@ -780,12 +792,15 @@ class DeviceSnapshot:
         listen_port: the UDP port actually bound (0 when none).
         fwmark: the firewall mark (0: none).
         peers: every peer.
+        drops: minivpn's drops of the whole device, ``(reason, count)`` for each reason seen
+            (empty for another daemon).
     """
 
     private_key: PrivateKey | None = None
     listen_port: int = 0
     fwmark: int = 0
     peers: tuple[PeerSnapshot, ...] = attrs.field(default=(), converter=_peer_snapshots)
+    drops: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_counts)
 
 
 def format_errno(errno: int) -> bytes:
@@ -799,6 +814,13 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
     Keys are lowercase hex.  Device lines come first (each only when set), then per peer:
     public_key, preshared_key (always; zeros when none), protocol_version, endpoint (when
     known), handshake time, byte counters, keepalive, allowed_ip lines; then ``errno=0``.
+
+    minivpn adds its counters with two keys of its own, which wireguard-go never sends:
+    ``minivpn_drop=REASON:COUNT`` (for the device among its lines, and for each peer among
+    the peer's) and ``minivpn_counter=NAME:VALUE`` (per peer).  ``wg`` skips keys it does not
+    know (wireguard-tools ``ipc-uapi.h``: the chain of key comparisons has no final ``else``),
+    so ``wg show`` and ``wg showconf`` print exactly what they print without them
+    (``tests/netns/test_show.py`` checks it with the real ``wg``).
     """
     lines: list[str] = []
     if snapshot.private_key is not None and not snapshot.private_key.is_zero():
@@ -807,6 +829,7 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
         lines.append(f"listen_port={snapshot.listen_port}")
     if snapshot.fwmark:
         lines.append(f"fwmark={snapshot.fwmark}")
+    lines.extend(f"minivpn_drop={reason}:{count}" for reason, count in snapshot.drops)
     for peer in snapshot.peers:
         psk = peer.preshared_key.to_hex() if peer.preshared_key is not None else _ZERO_HEX
         lines.append(f"public_key={peer.public_key.to_hex()}")
@@ -820,6 +843,8 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
         lines.append(f"rx_bytes={peer.rx_bytes}")
         lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive_interval}")
         lines.extend(f"allowed_ip={prefix}" for prefix in peer.allowed_ips)
+        lines.extend(f"minivpn_drop={reason}:{count}" for reason, count in peer.drops)
+        lines.extend(f"minivpn_counter={name}:{value}" for name, value in peer.counters)
     lines.append("errno=0")
     return ("\n".join(lines) + "\n\n").encode()
 
@@ -846,7 +871,7 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
         text = text.decode("utf-8", "replace")
     if not text.endswith("\n\n"):
         raise UapiError("get response does not end with a blank line")
-    device: dict[str, object] = {}
+    device: dict[str, object] = {"drops": []}
     peers: list[dict[str, object]] = []
     lines = text[:-2].split("\n")
     *body, status = lines
@@ -861,7 +886,21 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
             if not equals:
                 raise UapiError(f"line without '=' in get response: {line[:40]!r}")
             if key == "public_key":
-                peers.append({"public_key": PublicKey.from_hex(_checked_hex(value)), "ips": []})
+                peers.append(
+                    {
+                        "public_key": PublicKey.from_hex(_checked_hex(value)),
+                        "ips": [],
+                        "drops": [],
+                        "counters": [],
+                    }
+                )
+            elif key in ("minivpn_drop", "minivpn_counter"):
+                count = _name_and_count(value)
+                if count is not None:  # a newer daemon's value we cannot read: skipped
+                    target = peers[-1] if peers else device
+                    field = "drops" if key == "minivpn_drop" else "counters"
+                    if field in target:
+                        target[field].append(count)  # type: ignore[attr-defined]
             elif not peers:
                 if key == "private_key":
                     device["private_key"] = PrivateKey.from_hex(_checked_hex(value))
@@ -883,6 +922,14 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
         allowed_ips = fields.pop("ips")
         snapshots.append(PeerSnapshot(**fields, allowed_ips=allowed_ips))  # type: ignore[arg-type]
     return DeviceSnapshot(**device, peers=snapshots)  # type: ignore[arg-type]
+
+
+def _name_and_count(value: str) -> tuple[str, int] | None:
+    """``NAME:COUNT`` of minivpn's counter keys, or None if it is not that."""
+    name, colon, count = value.rpartition(":")
+    if not colon or not name or not _DIGITS.fullmatch(count) or len(count) > 20:
+        return None
+    return name, int(count)
 
 
 def _checked_hex(value: str) -> str:
