@@ -449,22 +449,38 @@ async def _serve_client(stream: trio.SocketStream, hub: TraceHub) -> None:
         hub.add(consumer)
         try:
             async with trio.open_nursery() as nursery:
-
-                async def close_when_the_client_does() -> None:
-                    with_data = True
-                    while with_data:
-                        with_data = bool(await stream.receive_some(_REQUEST_LIMIT))
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(close_when_the_client_does)
-                await stream.send_all(json.dumps(hub.hello()).encode() + b"\n")
-                while True:
-                    await stream.send_all(await consumer.next_chunk())
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the client went away
+                nursery.start_soon(_cancel_when_the_client_leaves, stream, nursery.cancel_scope)
+                await _send_events(stream, hub, consumer)
+                nursery.cancel_scope.cancel()  # the client went away
         finally:
             hub.remove(consumer)
             log.debug("a trace client left (%d events it lost still counted)", consumer.lost)
+
+
+#: What a stream raises when the client hangs up, or has hung up.
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+async def _cancel_when_the_client_leaves(
+    stream: trio.SocketStream, scope: trio.CancelScope
+) -> None:
+    """Read (and ignore) what the client sends after its request, until it hangs up."""
+    with contextlib.suppress(*_GONE):
+        while await stream.receive_some(_REQUEST_LIMIT):
+            pass
+    scope.cancel()
+
+
+async def _send_events(stream: trio.SocketStream, hub: TraceHub, consumer: SocketConsumer) -> None:
+    """Send the hello, then the consumer's events as they come, until the client hangs up.
+
+    A client that goes away is no error of the interface's: each task of the client's
+    nursery handles it itself, so no error of one client ever reaches the interface.
+    """
+    with contextlib.suppress(*_GONE):
+        await stream.send_all(json.dumps(hub.hello()).encode() + b"\n")
+        while True:
+            await stream.send_all(await consumer.next_chunk())
 
 
 class _BadRequest(Exception):

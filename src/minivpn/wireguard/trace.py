@@ -629,8 +629,8 @@ class Tracer:
             elif self._source is not None and reason in _RECEIVE_REASONS:
                 source, kind, index, counter = self._source, self._kind, self._index, self._counter
                 if reason in _AFTER_REPLAY_CHECK and self._out is not None:
-                    head = bytes(self._out[:HEAD])
-                    length = _inner_length(self._out)
+                    length = _inner_length(self._out)  # the plaintext is padded: its IP length
+                    head = bytes(self._out[: min(length, HEAD)])
                 if self.packets and public_key is not None and index is not None:
                     # The steps this data message passed before the one that dropped it.
                     passed = reason in _AFTER_DECRYPTION or reason in _AFTER_REPLAY_CHECK
