@@ -476,3 +476,23 @@ def test_without_minivpn_keys_there_are_no_counters() -> None:
     parsed = parse_get_response(text)
     assert parsed.drops == ()
     assert parsed.peers[0].counters == ()
+
+
+async def test_the_pump_stops_when_its_cpu_time_is_spent_and_counts_the_rest() -> None:
+    from minivpn.runtime.trace_server import PUMP_SLICE, TraceHub
+
+    _net, a, _b = pair()
+    hub = TraceHub(a.core, "wg0")
+    client = SocketConsumer(None, drops_only=False)
+    hub.add(client)
+    assert a.core.tracer is hub.tracer is not None
+    hub.tracer.events.extend(_drops(1000).events)
+    hub.pump(allowance=0.0)  # time for one slice only
+    lines = [json.loads(line) for line in b"".join(client._chunks).splitlines()]
+    assert len(lines) == PUMP_SLICE
+    hub.pump()
+    lines = [json.loads(line) for line in b"".join(client._chunks).splitlines()]
+    assert lines[-1] == {"time": lines[-1]["time"], "event": "lost", "count": 1000 - PUMP_SLICE}
+    hub.remove(client)
+    assert a.core.tracer is None
+    assert a.core.packet_tracer is None

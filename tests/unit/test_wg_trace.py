@@ -421,11 +421,14 @@ def test_retries_then_giving_up_with_the_likely_cause() -> None:
 
 
 def test_without_packets_only_handshakes_timers_and_drops_are_traced() -> None:
-    net, a, _b = pair()
+    net, a, b = pair()
     tracer = traced(a.core, packets=False)
+    responder = traced(b.core, packets=False)
     net.send(a, a_to_b())
     net.send(a, ipv4_packet(A_ADDRESS, C_ADDRESS, b"x"))
     assert kinds(tracer) == [HandshakeSent, HandshakeReceived, SessionEstablished, Drop]
+    # The responder: the initiation received, the response sent, then the session.
+    assert kinds(responder) == [HandshakeReceived, HandshakeSent, SessionEstablished]
     dropped = tracer.events[-1]
     assert isinstance(dropped, Drop)
     assert dropped.head

@@ -25,9 +25,10 @@ ones it asked for:
 **Bounded.**  The tracer holds 4096 events.  Every 50 ms, the pump takes them, turns the ones
 some consumer wants into JSON (only once each), and queues them for each client, up to 1 MiB
 per client; a client that reads slowly loses what does not fit, counted and reported to it as a
-``lost`` event.  The pump's own CPU time is capped: TRACE_CPU_BUDGET seconds in each second.
-Once that is spent it waits for the next second, the tracer fills up, and the packets that find
-no room are not traced at all (that costs them one check and a counter).  So a trace can cost
+``lost`` event.  The pump's own CPU time is capped: TRACE_CPU_BUDGET seconds in each second,
+looked at every 256 events (what it took but has no time for is counted lost).  Once that is
+spent it waits for the next second, the tracer fills up, and the packets that find no room are
+not traced at all (that costs them one check and a counter).  So a trace can cost
 the tunnel about that share of the CPU, plus making the events it does keep; a slow reader only
 ever costs itself events (docs/performance.md, "Tracing under load", has the measurement).
 """
@@ -88,6 +89,8 @@ TRACE_SUFFIX = ".trace"
 TRACE_CPU_BUDGET = 0.05
 #: How often the pump takes the events (seconds).
 PUMP_INTERVAL = 0.05
+#: Events delivered between two looks at the CPU time spent.
+PUMP_SLICE = 256
 #: Bytes queued for one client before its events are dropped (and counted).
 CLIENT_QUEUE = 1 << 20
 #: A client's request line: its longest length, and how long it may take to come.
@@ -249,7 +252,7 @@ class SocketConsumer:
             if self.wants(event):
                 self._queue(batch.line(position), now)
         self._say_what_was_lost(now)
-        if self._chunks:
+        if self._chunks or self.lost:
             self._ready.set()
 
     def _queue(self, line: bytes, now: float) -> None:
@@ -275,6 +278,9 @@ class SocketConsumer:
         self._ready = trio.Event()
         data = b"".join(self._chunks)
         self._chunks, self._size = [], 0
+        if self.lost:  # what could not be queued: there is room to say so now
+            data += _lost_line(self.lost, time.time())
+            self.lost = 0
         return data
 
 
@@ -337,6 +343,8 @@ class TraceHub:
         self.consumers: list[Consumer] = []
         self.tracer: Tracer | None = None
         self._changed = trio.Event()
+        #: Events taken from the tracer but not delivered for want of CPU time.
+        self._lost = 0
 
     def add(self, consumer: Consumer) -> None:
         self.consumers.append(consumer)
@@ -375,23 +383,37 @@ class TraceHub:
             if spent >= self.budget:
                 await trio.sleep_until(window_start + 1.0)
                 continue
-            started = time.thread_time()
-            self.pump()
-            spent += time.thread_time() - started
+            spent += self.pump(self.budget - spent)
 
-    def pump(self) -> None:
-        """Deliver what the tracer holds, once."""
+    def pump(self, allowance: float = float("inf")) -> float:
+        """Deliver what the tracer holds, within *allowance* seconds of CPU time.
+
+        The events are delivered a slice at a time; those that the allowance leaves no time
+        for are counted lost, and the consumers hear of them at the next pump.
+
+        Returns:
+            The CPU time it took.
+        """
+        started = time.thread_time()
         tracer = self.tracer
         if tracer is None:
-            return
+            return 0.0
         tracer.own_public_key = self.core.public_key
         events, lost = tracer.take()
+        lost += self._lost
+        self._lost = 0
         if not events and not lost:
-            return
+            return time.thread_time() - started
         offset = time.time() - trio.current_time()
-        batch = _Batch(events, offset)
-        for consumer in list(self.consumers):
-            consumer.deliver(batch, lost, time.time())
+        for first in range(0, max(len(events), 1), PUMP_SLICE):
+            batch = _Batch(events[first : first + PUMP_SLICE], offset)
+            for consumer in list(self.consumers):
+                consumer.deliver(batch, lost, time.time())
+            lost = 0
+            if time.thread_time() - started >= allowance:
+                self._lost = max(len(events) - first - PUMP_SLICE, 0)
+                break
+        return time.thread_time() - started
 
     def hello(self) -> dict[str, Any]:
         """The first line a client gets."""

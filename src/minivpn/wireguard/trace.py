@@ -527,8 +527,9 @@ class Tracer:
             if kind == _DATA and len(datagram) >= _DATA_HEADER.size:
                 _, index, counter = _DATA_HEADER.unpack_from(datagram)
             peer = None
-            if self.packets:
+            if self.packets or kind != _DATA:
                 peer = _addressee(core, kind, datagram, index)
+            if self.packets:
                 self._add(
                     DatagramReceived(now, source, len(datagram), kind, _key(peer), index, counter)
                 )
@@ -540,10 +541,11 @@ class Tracer:
                 self._source = self._kind = self._index = self._counter = self._out = None
         finally:
             core.packet_tracer = self
-        if self.packets and not isinstance(result, Dropped):
+        if not isinstance(result, Dropped):
             if kind == _DATA and index is not None and counter is not None:
-                self._data_received(core, result, index, counter, out)
-            else:
+                if self.packets:
+                    self._data_received(core, result, index, counter, out)
+            else:  # a handshake message: traced with or without the packets
                 self._handshake_received(core, result, kind=kind, peer=peer, source=source, out=out)
         return result
 
