@@ -2,11 +2,13 @@
 
 ::
 
-    minivpn demo [--seconds S] [--no-iperf3]
+    minivpn demo [--seconds S] [--no-iperf3] [--trace]
 
 Builds two network namespaces joined by a veth pair, brings up a minivpn peer with fresh keys in
 each, pings through the tunnel, shows the decrypted ICMP packets as the receiving side sees
 them, the handshake and the byte counters, runs a short throughput test and removes everything.
+With ``--trace`` it also shows ``minivpn trace`` of A during the ping: the handshake as
+messages, then each packet's way through the tunnel.
 It needs root; an ordinary user runs it as ``unshare -Urnm minivpn demo``.  The work is done by
 :mod:`minivpn.demo` (:func:`minivpn.demo.steps.run_demo`); docs/demo.md explains it step by
 step.
@@ -54,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_false",
         help="measure the throughput with a small Python TCP test even if iperf3 is installed",
     )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="also show what minivpn trace saw A do with each packet of the ping, handshake first",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -63,7 +70,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from minivpn.demo.steps import DemoOptions, run_demo
 
     try:
-        return run_demo(DemoOptions(seconds=args.seconds, use_iperf3=args.use_iperf3))
+        options = DemoOptions(seconds=args.seconds, use_iperf3=args.use_iperf3, trace=args.trace)
+        return run_demo(options)
     except NeedsRoot as exc:
         # The message names the command to type; the usual "minivpn: " prefix would repeat it.
         print(exc, file=sys.stderr)
