@@ -1,0 +1,122 @@
+"""The data tasks of an interface in ``Mode = tap``: Ethernet frames through the switch.
+
+:func:`minivpn.runtime.vpn.run_interface` runs these instead of the layer-3 ones when its
+device is a TAP device (and its core an :class:`~minivpn.wireguard.ethernet.EthernetCore`);
+the rest of the interface -- sockets, timers, UAPI, link watching -- is the same.  They are the
+plain loops of :mod:`minivpn.runtime.vpn` with frames in them::
+
+    device_to_network   TAP readable -> read a frame behind 2 bytes of room
+                        -> core.encapsulate_frame -> UDP send (one datagram, or one per peer)
+    network_to_device   socket readable -> receive -> core.decapsulate_frame
+                        -> TAP write, and/or UDP sends (a hub switching between spokes)
+
+One frame at a time, on purpose: of the offload engine's tricks, UDP GSO and GRO would apply to
+frames, TCP coalescing would not (a TAP write takes one frame), and measured, the batched path
+was no faster here (docs/performance.md, "Layer 2").
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+import trio
+
+from minivpn.offload_engine import MAX_DATAGRAM, lazy_buffer
+from minivpn.runtime import sticky
+from minivpn.runtime.vpn import _HANDSHAKE_TYPES, BATCH, _Runtime
+from minivpn.tuntap.aio import READ_SIZE
+from minivpn.wireguard.ethernet import FRAME_HEADER_SIZE, EthernetCore
+from minivpn.wireguard.results import Switched, WriteFrame, WriteToNetwork
+
+if TYPE_CHECKING:
+    import socket
+
+    from minivpn.tuntap.aio import TunDevice
+    from minivpn.wireguard.core import WireGuardCore
+    from minivpn.wireguard.uapi import DeviceSnapshot
+
+__all__ = ["FrameRuntime", "device_to_network", "network_to_device"]
+
+
+class FrameRuntime(_Runtime):
+    """The runtime of a tap-mode interface: the core is an EthernetCore."""
+
+    def __init__(self, device: TunDevice, core: WireGuardCore) -> None:
+        assert isinstance(core, EthernetCore), "a TAP device needs a core in Mode = tap"
+        super().__init__(device, core)
+        self.frames = core
+
+    def snapshot(self) -> DeviceSnapshot:
+        """The device for ``get=1``, with the mode and the MAC table (ages need the clock)."""
+        return self.frames.snapshot_at(trio.current_time())
+
+    def send_switched(self, out: memoryview, result: Switched) -> None:
+        """Carry out a frame the switch sent to several places: the TAP device, peers."""
+        if result.frame_size:
+            self.write_to_tun(out[result.frame_start : result.frame_start + result.frame_size])
+        for datagram in result.datagrams:
+            self.send_one(out[datagram.start : datagram.start + datagram.size], datagram.endpoint)
+
+
+async def device_to_network(iface: _Runtime) -> None:
+    """TAP -> UDP: read a frame, encapsulate it, send its datagram(s); again until empty."""
+    assert isinstance(iface, FrameRuntime)
+    device, core = iface.device, iface.frames
+    # The frame header goes in front of the frame: read the frame right behind its room.
+    message = memoryview(bytearray(FRAME_HEADER_SIZE + READ_SIZE))
+    frame_buffer = message[FRAME_HEADER_SIZE:]
+    out = memoryview(bytearray(MAX_DATAGRAM))
+    while True:
+        await device.wait_readable()
+        for _ in range(BATCH):
+            size = device.read_nowait_into(frame_buffer)
+            if size == 0:
+                break
+            result = core.encapsulate_frame(
+                message[: FRAME_HEADER_SIZE + size], out, trio.current_time()
+            )
+            if isinstance(result, WriteToNetwork):
+                iface.send_one(out[: result.size], result.endpoint)
+            elif isinstance(result, Switched):
+                iface.send_switched(out, result)
+        iface.carry_out(core.take_actions())
+
+
+async def network_to_device(iface: _Runtime, sock: socket.socket) -> None:
+    """UDP -> TAP: receive a datagram, decapsulate it, write the frame and/or send it on."""
+    assert isinstance(iface, FrameRuntime)
+    core = iface.frames
+    datagram_buffer = memoryview(bytearray(MAX_DATAGRAM))
+    # The frame, then the copies the switch sends on to other peers: room for many.
+    out = lazy_buffer(4 * MAX_DATAGRAM)
+    while True:
+        try:
+            await trio.lowlevel.wait_readable(sock)
+        except trio.ClosedResourceError:
+            return  # rebound: the socket task restarts
+        for _ in range(BATCH):
+            try:
+                size, ancillary, _flags, address = sock.recvmsg_into(
+                    [datagram_buffer], sticky.ANCILLARY_SPACE
+                )
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    return
+                continue  # an ICMP error for an earlier send: nothing to do here
+            source = sticky.endpoint_from(address, ancillary)
+            datagram = datagram_buffer[:size]
+            handshake = size > 0 and datagram[0] in _HANDSHAKE_TYPES
+            started = iface.start_handshake_work() if handshake else 0.0
+            result = core.decapsulate_frame(source, datagram, out, trio.current_time())
+            if handshake:
+                iface.end_handshake_work(started)
+            if isinstance(result, WriteFrame):
+                iface.write_to_tun(out[result.start : result.start + result.size])
+            elif isinstance(result, Switched):
+                iface.send_switched(out, result)
+            elif isinstance(result, WriteToNetwork):
+                iface.send_one(out[: result.size], result.endpoint)
+        iface.carry_out(core.take_actions())
