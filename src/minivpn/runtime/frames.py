@@ -18,13 +18,17 @@ was no faster here (docs/performance.md, "Layer 2").
 from __future__ import annotations
 
 import errno
+import os
+import sys
 from typing import TYPE_CHECKING
 
 import trio
 
+from minivpn.frame_engine import FrameEngine
+from minivpn.framing.offload import VNET_HDR_LEN
 from minivpn.offload_engine import MAX_DATAGRAM, lazy_buffer
 from minivpn.runtime import sticky
-from minivpn.runtime.vpn import _HANDSHAKE_TYPES, BATCH, _Runtime
+from minivpn.runtime.vpn import _HANDSHAKE_TYPES, BATCH, SOL_UDP, UDP_GRO, _Runtime
 from minivpn.tuntap.aio import READ_SIZE
 from minivpn.wireguard.ethernet import FRAME_HEADER_SIZE, EthernetCore
 from minivpn.wireguard.results import Switched, WriteFrame, WriteToNetwork
@@ -42,14 +46,52 @@ __all__ = ["FrameRuntime", "device_to_network", "network_to_device"]
 class FrameRuntime(_Runtime):
     """The runtime of a tap-mode interface: the core is an EthernetCore."""
 
-    def __init__(self, device: TunDevice, core: WireGuardCore) -> None:
+    def __init__(self, device: TunDevice, core: WireGuardCore, *, batched: bool) -> None:
         assert isinstance(core, EthernetCore), "a TAP device needs a core in Mode = tap"
         super().__init__(device, core)
         self.frames = core
+        # Batched: GRO on the sockets, GSO trains out, frames merged if the TAP has vnet_hdr.
+        self.offloaded = batched
+        self.frame_engine = FrameEngine(
+            core, send=self.send_train, write=self.write_packet, vnet_hdr=device.config.vnet_hdr
+        )
+        # A read: the virtio-net header (if any) apart, the frame behind its 2 bytes of room.
+        self.message = lazy_buffer(FRAME_HEADER_SIZE + READ_SIZE)
+        self.vnet_buffer = memoryview(bytearray(VNET_HDR_LEN))
+        frame_area = self.message[FRAME_HEADER_SIZE:]
+        self.read_into_tap = (
+            [self.vnet_buffer, frame_area] if device.config.vnet_hdr else [frame_area]
+        )
 
     def snapshot(self) -> DeviceSnapshot:
         """The device for ``get=1``, with the mode and the MAC table (ages need the clock)."""
         return self.frames.snapshot_at(trio.current_time())
+
+    def drain_tap(self, now: float) -> None:
+        """Read the TAP device until it is empty (or BATCH reads), through the frame engine."""
+        engine, message, read_into = self.frame_engine, self.message, self.read_into_tap
+        skip = VNET_HDR_LEN if self.device.config.vnet_hdr else 0
+        fd = self.device.fileno()
+        reads = 0
+        while reads < BATCH or engine.gathering:
+            reads += 1
+            try:
+                size = os.readv(fd, read_into)
+            except BlockingIOError:
+                break
+            except OSError:
+                size = self.device.read_nowait_into(message)  # raises DeviceGone... as it should
+                if size == 0:
+                    break
+                continue
+            if size > skip:
+                engine.frame_from_tap(message[: FRAME_HEADER_SIZE + size - skip], now)
+        engine.send_trains()
+        actions = self.core.take_actions()
+        if actions:
+            self.carry_out(actions)
+        else:
+            self.poke_timers()
 
     def send_switched(self, out: memoryview, result: Switched) -> None:
         """Carry out a frame the switch sent to several places: the TAP device, peers."""
@@ -120,3 +162,61 @@ async def network_to_device(iface: _Runtime, sock: socket.socket) -> None:
             elif isinstance(result, WriteToNetwork):
                 iface.send_one(out[: result.size], result.endpoint)
         iface.carry_out(core.take_actions())
+
+
+# -- the batched path: through the frame engine ----------------------------------------------------
+
+
+async def batched_device_to_network(iface: _Runtime) -> None:
+    """TAP -> UDP: whenever the TAP device is readable, drain it through the frame engine."""
+    assert isinstance(iface, FrameRuntime)
+    device = iface.device
+    while True:
+        await device.wait_readable()
+        iface.drain_tap(trio.current_time())
+
+
+async def batched_network_to_device(iface: _Runtime, sock: socket.socket) -> None:
+    """UDP -> TAP: receive GRO trains, decapsulate, write the frames, answer in the same turn."""
+    assert isinstance(iface, FrameRuntime)
+    core, engine = iface.frames, iface.frame_engine
+    receive_buffer = lazy_buffer(MAX_DATAGRAM)
+    while True:
+        try:
+            await trio.lowlevel.wait_readable(sock)
+        except trio.ClosedResourceError:
+            return  # rebound: the socket task restarts
+        now = trio.current_time()
+        for _ in range(BATCH):
+            if not engine.has_room():
+                break
+            try:
+                size, ancillary, _flags, address = sock.recvmsg_into(
+                    [receive_buffer], sticky.ANCILLARY_SPACE
+                )
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.EBADF:
+                    return
+                continue  # an ICMP error for an earlier send: nothing to do here
+            if size == 0:
+                continue
+            segment = size
+            for level, kind, data in ancillary:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    segment = int.from_bytes(data, sys.byteorder)
+            source = sticky.endpoint_from(address, ancillary)
+            if receive_buffer[0] in _HANDSHAKE_TYPES:
+                started = iface.start_handshake_work()
+                engine.datagrams_from_network(receive_buffer[:size], segment, source, now)
+                iface.end_handshake_work(started)
+            else:
+                engine.datagrams_from_network(receive_buffer[:size], segment, source, now)
+            actions = core.take_actions()
+            if actions:
+                iface.carry_out(actions)
+        if engine.write_frames():
+            iface.drain_tap(now)
+        else:
+            iface.poke_timers()

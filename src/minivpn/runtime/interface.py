@@ -156,8 +156,8 @@ def open_interface(
             an existing persistent TUN device, as wireguard-go does (``minivpnd``).
         socket_dir: the socket directory; :func:`~minivpn.runtime.uapi_server.default_socket_dir`
             when None.
-        mode: ``Mode.TAP`` for an interface in ``Mode = tap`` (layer 2): a TAP device, read
-            one frame at a time (no virtio-net header).
+        mode: ``Mode.TAP`` for an interface in ``Mode = tap`` (layer 2): a TAP device (with a
+            virtio-net header unless offloads are off, for merged writes: frame_engine.py).
 
     Returns:
         Both, ready; nothing is left behind on failure.
@@ -172,7 +172,6 @@ def open_interface(
     from minivpn.runtime.vpn import OffloadMode, offload_mode
 
     vnet_hdr = offload_mode() is not OffloadMode.OFF and bool(get_features() & IFF_VNET_HDR)
-    vnet_hdr = vnet_hdr and mode is Mode.TUN
     uapi = prepare_socket(name, socket_dir)
     try:
         fd, actual_name, flags = open_device(name, mode, vnet_hdr=vnet_hdr, exclusive=exclusive)

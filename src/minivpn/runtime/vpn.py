@@ -484,7 +484,8 @@ async def run_interface(
     if device.config.mode is Mode.TAP:  # layer 2 (Mode = tap): frames through the switch
         from minivpn.runtime import frames
 
-        iface: _Runtime = frames.FrameRuntime(device, core)
+        batched = offload_mode() is not OffloadMode.OFF
+        iface: _Runtime = frames.FrameRuntime(device, core, batched=batched)
     else:
         iface = _Runtime(device, core)
     with contextlib.suppress(TunError):
@@ -494,7 +495,11 @@ async def run_interface(
     iface.bind(core.listen_port)
     device_to_network: Callable[[_Runtime], Awaitable[None]]
     network_to_device: Callable[[_Runtime, socket.socket], Awaitable[None]]
-    if device.config.mode is Mode.TAP:
+    if device.config.mode is Mode.TAP and iface.offloaded:
+        log.info("data path: Ethernet frames through the frame engine (Mode = tap)")
+        device_to_network = frames.batched_device_to_network
+        network_to_device = frames.batched_network_to_device
+    elif device.config.mode is Mode.TAP:
         log.info("data path: Ethernet frames, one at a time (Mode = tap)")
         device_to_network = frames.device_to_network
         network_to_device = frames.network_to_device
