@@ -13,6 +13,7 @@ addresses are fixed, so that the hub can restrict each spoke with ``AllowedMACs`
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 import pytest
 from tests.helpers.daemons import interface_name, wg
 from tests.helpers.procs import (
+    MINIVPN,
     Process,
     ping,
     start_minivpn,
@@ -366,6 +368,33 @@ def test_wg_show_parses_a_tap_interface(lab: L2Lab) -> None:
     dump = wg(lab.hub, "show", name, "dump").splitlines()
     assert len(dump) == 3
     assert all(int(line.split("\t")[5]) > 0 for line in dump[1:])  # latest handshakes
+
+
+def test_minivpn_show_lists_the_mac_table(lab: L2Lab) -> None:
+    """``minivpn show`` and ``--json``: the mode, AllowedMACs and the MAC table, labelled."""
+    lan1 = lab.sites[0].lan
+    assert ping(lan1, HUB4, count=1).returncode == 0
+    name = lab.names["hub"]
+    spoke1 = lab.keys["spoke1"].public
+    python = [*MINIVPN, "show", name]
+    text = lab.hub.run(python).stdout
+    assert "  mode: tap (layer 2, a minivpn extension)\n" in text
+    allowed = re.findall(r"^  allowed macs: (.*)$", text, re.M)
+    assert sorted(sorted(line.split(", ")) for line in allowed) == [
+        ["02:11:00:00:00:00/24", MOVER_MAC],
+        ["02:22:00:00:00:00/24", MOVER_MAC],
+    ]
+    assert "mac table (minivpn extension, Mode = tap):\n" in text
+    assert re.search(rf"^  02:11:00:00:00:11  peer {re.escape(spoke1)}  \d+ s$", text, re.M)
+    assert re.search(r"^  02:44:00:00:00:01  this tap device  \d+ s$", text, re.M)
+    shown = json.loads(lab.hub.run([*python, "--json"]).stdout)
+    assert shown["mode"] == "tap"
+    table = {entry["mac"]: entry for entry in shown["mac_table"]}
+    assert table["02:11:00:00:00:11"]["peer"] == spoke1
+    assert table["02:44:00:00:00:01"]["peer"] is None
+    assert all(isinstance(entry["age"], int) for entry in table.values())
+    by_key = {peer["public_key"]: peer for peer in shown["peers"]}
+    assert sorted(by_key[spoke1]["allowed_macs"]) == ["02:11:00:00:00:00/24", MOVER_MAC]
 
 
 def test_a_restarted_spoke_recovers(lab: L2Lab) -> None:
