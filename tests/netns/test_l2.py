@@ -445,3 +445,18 @@ def test_a_layer3_peer_is_refused_clearly(tmp_path: Path) -> None:
         finally:
             for process in processes:
                 process.stop()
+
+
+def test_minivpn_demo_tap() -> None:
+    """``minivpn demo --tap``: host A reaches host B and knows B's own MAC; nothing is left."""
+    result = subprocess.run(
+        [*MINIVPN, "demo", "--tap"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"3 packets transmitted, 3 received", result.stdout)
+    match = re.search(r"10\.99\.0\.12 lladdr (\S+)    \(host B's eth0 is (\S+)\)", result.stdout)
+    assert match is not None, result.stdout
+    assert match.group(1) == match.group(2)
+    assert re.search(rf"{match.group(1)} behind site B \(the peer\)", result.stdout)
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    assert "minivpn-demo" not in listed.stdout
