@@ -10,9 +10,11 @@ plain loops of :mod:`minivpn.runtime.vpn` with frames in them::
     network_to_device   socket readable -> receive -> core.decapsulate_frame
                         -> TAP write, and/or UDP sends (a hub switching between spokes)
 
-One frame at a time, on purpose: of the offload engine's tricks, UDP GSO and GRO would apply to
-frames, TCP coalescing would not (a TAP write takes one frame), and measured, the batched path
-was no faster here (docs/performance.md, "Layer 2").
+Those are the loops with ``MINIVPN_OFFLOAD=off``.  By default the batched loops at the end
+run instead (``batched_device_to_network``, ``batched_network_to_device``): the same calls
+through the frame engine (:mod:`minivpn.frame_engine`: UDP GSO trains out, UDP GRO in, TCP
+runs merged into super-frames behind the TAP device's virtio-net header), about twice as fast
+(docs/performance.md, "Layer 2").
 """
 
 from __future__ import annotations
