@@ -194,9 +194,19 @@ def test_the_switch_against_a_model(
     allowed_c = {mac(n) for n in range(1, 5)}
     if restrict_c:
         switch.set_allowed_macs(C, [MacPrefix(m) for m in allowed_c])
-    # The model: mac -> (port, last seen); per port, its addresses in the order learned there.
+    # The model: mac -> (port, last seen); per port holding entries (in the order they came
+    # to hold some: the tie-break of the cap), its addresses in the order learned there.
     table: dict[bytes, tuple[str, float]] = {}
-    learned: dict[str, list[bytes]] = {port: [] for port in PORTS}
+    learned: dict[str, list[bytes]] = {}
+
+    def add(port: str, mac_address: bytes) -> None:
+        learned.setdefault(port, []).append(mac_address)
+
+    def remove(port: str, mac_address: bytes) -> None:
+        learned[port].remove(mac_address)
+        if not learned[port]:
+            del learned[port]
+
     moves: list[MacMove[str]] = []
     now = 0.0
     for source_n, destination_n, port, step in traffic:
@@ -213,19 +223,21 @@ def test_the_switch_against_a_model(
         known = table.get(source)
         if known is None:
             if len(table) >= capacity:  # full: the largest port (this one on a tie) gives one
-                largest = max(PORTS, key=lambda p: (len(learned[p]), p == port))
-                del table[learned[largest].pop(0)]
-            learned[port].append(source)
+                largest = max(learned, key=lambda p: (len(learned[p]), p == port))
+                oldest = learned[largest][0]
+                remove(largest, oldest)
+                del table[oldest]
+            add(port, source)
         elif known[0] != port:
             if now - known[1] <= aging:
                 moves.append(MacMove(source, known[0], port))
-            learned[known[0]].remove(source)
-            learned[port].append(source)
+            remove(known[0], source)
+            add(port, source)
         table[source] = (port, now)
         target = table.get(destination)
         if target is not None and now - target[1] > aging:  # aged out: forgotten when used
             del table[destination]
-            learned[target[0]].remove(destination)
+            remove(target[0], destination)
             target = None
         if not destination_n or target is None:
             assert verdict is Verdict.FLOOD

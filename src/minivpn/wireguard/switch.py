@@ -309,13 +309,17 @@ class LearningSwitch(Generic[P]):
         old = entry.port
         if now - entry.seen <= self.aging:  # an aged-out entry did not move: it was dead
             self.moves.append(MacMove(mac, old, port))
-        del self._by_port[old][mac]
+        behind = self._by_port[old]
+        del behind[mac]
+        if not behind:
+            del self._by_port[old]  # as _forget does: only ports holding entries are listed
         entry.port = port
         self._by_port.setdefault(port, {})[mac] = None
 
     def _make_room(self, port: P) -> None:
         """Evict the oldest learned entry of the port holding the most entries (*port*, the
-        one learning, if it is among the largest)."""
+        one learning, if it is among the largest; else, among equals, the port that has held
+        entries the longest)."""
         largest = max(self._by_port, key=lambda p: (len(self._by_port[p]), p == port))
         self._forget(next(iter(self._by_port[largest])))
 
