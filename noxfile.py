@@ -61,3 +61,4 @@ def bench(session: nox.Session) -> None:
     if not session.posargs:
         session.run("python", "tests/bench/floor.py")
         session.run("python", "tests/bench/core_bench.py")
+        session.run("python", "tests/bench/l2_flood.py")

@@ -3,13 +3,15 @@
 ::
 
     minivpn demo [--seconds S] [--no-iperf3]
+    minivpn demo --tap
 
 Builds two network namespaces joined by a veth pair, brings up a minivpn peer with fresh keys in
 each, pings through the tunnel, shows the decrypted ICMP packets as the receiving side sees
 them, the handshake and the byte counters, runs a short throughput test and removes everything.
 It needs root; an ordinary user runs it as ``unshare -Urnm minivpn demo``.  The work is done by
 :mod:`minivpn.demo` (:func:`minivpn.demo.steps.run_demo`); docs/demo.md explains it step by
-step.
+step.  ``--tap`` runs the layer-2 demo instead (:mod:`minivpn.demo.tap`, docs/l2.md): two
+sites, each a namespace with a bridge and a host, joined by minivpn in ``Mode = tap``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_false",
         help="measure the throughput with a small Python TCP test even if iperf3 is installed",
     )
+    p.add_argument(
+        "--tap",
+        action="store_true",
+        help="layer 2: two sites with a bridge and a host each, joined by minivpn in Mode = tap; "
+        "a host pings the other site's host in the same subnet (docs/l2.md)",
+    )
     p.set_defaults(func=cmd_demo)
 
 
@@ -63,6 +71,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from minivpn.demo.steps import DemoOptions, run_demo
 
     try:
+        if args.tap:
+            from minivpn.demo.tap import run_tap_demo
+
+            return run_tap_demo(DemoOptions())
         return run_demo(DemoOptions(seconds=args.seconds, use_iperf3=args.use_iperf3))
     except NeedsRoot as exc:
         # The message names the command to type; the usual "minivpn: " prefix would repeat it.

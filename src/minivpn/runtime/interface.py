@@ -142,7 +142,11 @@ class Interface:
 
 
 def open_interface(
-    name: str, *, exclusive: bool, socket_dir: str | os.PathLike[str] | None = None
+    name: str,
+    *,
+    exclusive: bool,
+    socket_dir: str | os.PathLike[str] | None = None,
+    mode: Mode = Mode.TUN,
 ) -> Interface:
     """Create the UAPI socket and the TUN device of interface *name*.
 
@@ -152,6 +156,8 @@ def open_interface(
             an existing persistent TUN device, as wireguard-go does (``minivpnd``).
         socket_dir: the socket directory; :func:`~minivpn.runtime.uapi_server.default_socket_dir`
             when None.
+        mode: ``Mode.TAP`` for an interface in ``Mode = tap`` (layer 2): a TAP device (with a
+            virtio-net header unless offloads are off, for merged writes: frame_engine.py).
 
     Returns:
         Both, ready; nothing is left behind on failure.
@@ -168,7 +174,7 @@ def open_interface(
     vnet_hdr = offload_mode() is not OffloadMode.OFF and bool(get_features() & IFF_VNET_HDR)
     uapi = prepare_socket(name, socket_dir)
     try:
-        fd, actual_name, flags = open_device(name, Mode.TUN, vnet_hdr=vnet_hdr, exclusive=exclusive)
+        fd, actual_name, flags = open_device(name, mode, vnet_hdr=vnet_hdr, exclusive=exclusive)
     except DeviceBusy as exc:
         uapi.close()
         if exclusive:
@@ -186,7 +192,7 @@ def open_interface(
         uapi.close()
         raise
     config = DeviceConfig(
-        name=actual_name, mode=Mode.TUN, pi=False, multi_queue=False, vnet_hdr=vnet_hdr
+        name=actual_name, mode=mode, pi=False, multi_queue=False, vnet_hdr=vnet_hdr
     )
     return Interface(name, uapi, config, flags, fd)
 

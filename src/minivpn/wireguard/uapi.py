@@ -86,6 +86,7 @@ __all__ = [
     "GetRequest",
     "IPAddress",
     "IPNetwork",
+    "MacTableEntry",
     "PeerSet",
     "PeerSnapshot",
     "RequestError",
@@ -754,6 +755,7 @@ class PeerSnapshot:
         tx_bytes, rx_bytes: transport bytes sent and received.
         persistent_keepalive_interval: seconds, 0 for off.
         allowed_ips: the peer's prefixes as text (:func:`format_allowed_ip`), in table order.
+        allowed_macs: ``Mode = tap``: the peer's AllowedMACs as text (none: any source).
     """
 
     public_key: PublicKey
@@ -765,9 +767,29 @@ class PeerSnapshot:
     rx_bytes: int = 0
     persistent_keepalive_interval: int = 0
     allowed_ips: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    allowed_macs: tuple[str, ...] = attrs.field(default=(), converter=_strings)
 
 
 def _peer_snapshots(values: Iterable[PeerSnapshot]) -> tuple[PeerSnapshot, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class MacTableEntry:
+    """``Mode = tap``: one entry of the switch's MAC table, as ``get=1`` reports it.
+
+    Attributes:
+        mac: the address, ``02:00:5e:10:00:01``.
+        public_key: the peer it is behind, or None: behind the interface's own TAP device.
+        age: whole seconds since a frame from it was last seen.
+    """
+
+    mac: str
+    public_key: PublicKey | None
+    age: int
+
+
+def _mac_entries(values: Iterable[MacTableEntry]) -> tuple[MacTableEntry, ...]:
     return tuple(values)
 
 
@@ -780,12 +802,16 @@ class DeviceSnapshot:
         listen_port: the UDP port actually bound (0 when none).
         fwmark: the firewall mark (0: none).
         peers: every peer.
+        mode: ``"tun"`` (WireGuard) or ``"tap"`` (minivpn's layer-2 extension).
+        mac_table: ``Mode = tap``: the switch's MAC table.
     """
 
     private_key: PrivateKey | None = None
     listen_port: int = 0
     fwmark: int = 0
     peers: tuple[PeerSnapshot, ...] = attrs.field(default=(), converter=_peer_snapshots)
+    mode: str = "tun"
+    mac_table: tuple[MacTableEntry, ...] = attrs.field(default=(), converter=_mac_entries)
 
 
 def format_errno(errno: int) -> bytes:
@@ -799,6 +825,12 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
     Keys are lowercase hex.  Device lines come first (each only when set), then per peer:
     public_key, preshared_key (always; zeros when none), protocol_version, endpoint (when
     known), handshake time, byte counters, keepalive, allowed_ip lines; then ``errno=0``.
+
+    In ``Mode = tap`` (minivpn's extension), three more keys, which ``wg`` skips (its parser,
+    wireguard-tools ``ipc-uapi.h``, ignores keys it does not know): ``minivpn_mode=tap`` and a
+    ``minivpn_mac=MAC,AGE`` line per MAC address behind the TAP device among the device
+    lines; per peer, ``minivpn_allowed_mac=PREFIX`` lines and a ``minivpn_mac=MAC,AGE`` line
+    per address behind that peer.  A ``tun`` device's answer is wireguard-go's, unchanged.
     """
     lines: list[str] = []
     if snapshot.private_key is not None and not snapshot.private_key.is_zero():
@@ -807,6 +839,12 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
         lines.append(f"listen_port={snapshot.listen_port}")
     if snapshot.fwmark:
         lines.append(f"fwmark={snapshot.fwmark}")
+    macs: dict[PublicKey | None, list[str]] = {}
+    if snapshot.mode != "tun":
+        lines.append(f"minivpn_mode={snapshot.mode}")
+        for entry in snapshot.mac_table:
+            macs.setdefault(entry.public_key, []).append(f"minivpn_mac={entry.mac},{entry.age}")
+        lines.extend(macs.get(None, ()))
     for peer in snapshot.peers:
         psk = peer.preshared_key.to_hex() if peer.preshared_key is not None else _ZERO_HEX
         lines.append(f"public_key={peer.public_key.to_hex()}")
@@ -820,6 +858,8 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
         lines.append(f"rx_bytes={peer.rx_bytes}")
         lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive_interval}")
         lines.extend(f"allowed_ip={prefix}" for prefix in peer.allowed_ips)
+        lines.extend(f"minivpn_allowed_mac={prefix}" for prefix in peer.allowed_macs)
+        lines.extend(macs.get(peer.public_key, ()))
     lines.append("errno=0")
     return ("\n".join(lines) + "\n\n").encode()
 
@@ -848,6 +888,7 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
         raise UapiError("get response does not end with a blank line")
     device: dict[str, object] = {}
     peers: list[dict[str, object]] = []
+    mac_table: list[MacTableEntry] = []
     lines = text[:-2].split("\n")
     *body, status = lines
     key, _, value = status.partition("=")
@@ -861,9 +902,17 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
             if not equals:
                 raise UapiError(f"line without '=' in get response: {line[:40]!r}")
             if key == "public_key":
-                peers.append({"public_key": PublicKey.from_hex(_checked_hex(value)), "ips": []})
+                peers.append(
+                    {"public_key": PublicKey.from_hex(_checked_hex(value)), "ips": [], "macs": []}
+                )
+            elif key == "minivpn_mac":
+                owner = peers[-1]["public_key"] if peers else None
+                mac, _, age = value.partition(",")
+                mac_table.append(MacTableEntry(mac, owner, _parse_uint(age, 63, key)))  # type: ignore[arg-type]
             elif not peers:
-                if key == "private_key":
+                if key == "minivpn_mode":
+                    device["mode"] = value
+                elif key == "private_key":
                     device["private_key"] = PrivateKey.from_hex(_checked_hex(value))
                 elif key in ("listen_port", "fwmark"):
                     device[key] = _parse_uint(value, 16 if key == "listen_port" else 32, key)
@@ -874,15 +923,19 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
                 peers[-1]["endpoint"] = value
             elif key == "allowed_ip":
                 peers[-1]["ips"].append(value)  # type: ignore[attr-defined]
+            elif key == "minivpn_allowed_mac":
+                peers[-1]["macs"].append(value)  # type: ignore[attr-defined]
             elif key in _PEER_INT_FIELDS:
                 peers[-1][key] = _parse_uint(value, _PEER_INT_FIELDS[key], key)
     except (UapiError, InvalidKey) as exc:
         raise UapiError(f"malformed get response: {exc}") from None
     snapshots = []
     for fields in peers:
-        allowed_ips = fields.pop("ips")
-        snapshots.append(PeerSnapshot(**fields, allowed_ips=allowed_ips))  # type: ignore[arg-type]
-    return DeviceSnapshot(**device, peers=snapshots)  # type: ignore[arg-type]
+        allowed_ips, allowed_macs = fields.pop("ips"), fields.pop("macs")
+        snapshots.append(
+            PeerSnapshot(**fields, allowed_ips=allowed_ips, allowed_macs=allowed_macs)  # type: ignore[arg-type]
+        )
+    return DeviceSnapshot(**device, peers=snapshots, mac_table=mac_table)  # type: ignore[arg-type]
 
 
 def _checked_hex(value: str) -> str:
