@@ -61,4 +61,5 @@ def bench(session: nox.Session) -> None:
     if not session.posargs:
         session.run("python", "tests/bench/floor.py")
         session.run("python", "tests/bench/core_bench.py")
+        session.run("python", "tests/bench/l2_flood.py")
         session.run("python", "tests/bench/trace_load.py")

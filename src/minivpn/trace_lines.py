@@ -59,6 +59,19 @@ DROP_EXPLANATIONS = {
     "tun_link_down": "the TUN device's link is down",
     "tun_write_failed": "the TUN device refused the packet, or had no room for it",
     "tun_bad_frame": "a read from the TUN device with a virtio-net header that made no sense",
+    "mode_mismatch": (
+        "the peer sends what the other Mode carries (IP packets to Mode = tap, or Ethernet "
+        "frames to Mode = tun): give both ends the same Mode"
+    ),
+    "invalid_frame": (
+        "Mode = tap: not a well-formed Ethernet frame (too short, a length header that does not "
+        "match, or a source MAC address that is not unicast)"
+    ),
+    "oversized_frame": (
+        "Mode = tap: a frame from the TAP device longer than its MTU + 14, which would not fit "
+        "one datagram"
+    ),
+    "disallowed_mac": "Mode = tap: its source MAC address is not in that peer's AllowedMACs",
 }
 
 _TIMER_NAMES = {

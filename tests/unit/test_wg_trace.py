@@ -536,3 +536,40 @@ def test_the_cause_for_a_running_peer_reads_its_counters() -> None:
     peer = a.peer(b)
     peer.endpoint = ("fd00::2", 51820)
     assert "nothing came back from [fd00::2]:51820" in peer_failure_cause(peer, a.public_key)
+
+
+# --- layer 2 (Mode = tap) -------------------------------------------------------------------------
+
+
+def test_a_tap_mode_drop_is_counted_per_peer_and_traced() -> None:
+    from tests.helpers.l2net import BROADCAST, frame, hub_and_spokes, mac
+
+    from minivpn.wireguard.switch import MacPrefix
+    from minivpn.wireguard.uapi import format_get_response
+
+    net, hub, one, _ = hub_and_spokes()
+    hub.core.set_allowed_macs(one.public_key, [MacPrefix(mac(1))])
+    tracer = traced(hub.core, packets=False)
+    net.frame_from_tap(one, frame(BROADCAST, mac(2)))  # spoke 1 pretends to be host 2
+    assert hub.peer(one).counters.drops == {DropReason.DISALLOWED_MAC: 1}
+    [dropped] = [e for e in tracer.events if isinstance(e, Drop)]
+    assert (dropped.reason, dropped.peer) == (DropReason.DISALLOWED_MAC, one.public_key)
+    text = format_get_response(hub.core.snapshot_at(net.now)).decode()
+    assert "minivpn_drop=disallowed_mac:1" in text.splitlines()
+    assert "minivpn_mode=tap" in text.splitlines()
+
+
+def test_a_mode_mismatch_is_traced_after_the_steps_it_passed() -> None:
+    net, a, b = established()
+    tracer = traced(b.core)
+    keypair = a.peer(b).keypairs.current
+    assert keypair is not None
+    out = memoryview(bytearray(256))
+    # What a peer in Mode = tap sends: a frame behind its 2-byte header (top bits 00).
+    size = a.core._send_data(a.peer(b), keypair, b"\x00\x3c" + bytes(60), out, net.now)
+    receive_datagram(b.core, bytes(out[:size]), A_ENDPOINT, net.now)
+    assert kinds(tracer) == [DatagramReceived, Decrypted, ReplayChecked, Drop]
+    dropped = tracer.events[-1]
+    assert isinstance(dropped, Drop)
+    assert dropped.reason is DropReason.MODE_MISMATCH
+    assert b.peer(a).counters.drops == {DropReason.MODE_MISMATCH: 1}

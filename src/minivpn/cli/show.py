@@ -69,6 +69,27 @@ name.  Its shape is stable::
 
 Addresses are written as ``wg`` writes them (the C library's ``inet_ntop``), so the values
 equal those of ``wg show NAME dump``.
+
+**A minivpn extension: layer 2.**  An interface in ``Mode = tap`` (docs/l2.md) also shows its
+mode, each peer's ``AllowedMACs`` and the learning switch's MAC table, labelled as minivpn's
+(``wg show`` prints none of it: it skips the UAPI keys it does not know)::
+
+    interface: l2hub
+      ...
+      mode: tap (layer 2, a minivpn extension)
+
+    peer: Qz7y...=
+      ...
+      allowed macs: 02:11:00:00:00:00/24
+
+    mac table (minivpn extension, Mode = tap):
+      02:11:00:00:00:b0  peer Qz7y...=  4 s
+      02:44:00:00:00:01  this tap device  0 s
+
+and in ``--json``, for such an interface only, three more keys: ``"mode": "tap"``, per peer
+``"allowed_macs": ["02:11:00:00:00:00/24"]`` (empty: any source) and
+``"mac_table": [{"mac": "02:11:00:00:00:b0", "peer": "<base64>" | null, "age": 4}]`` (``null``:
+behind the interface's own TAP device; ``age`` in seconds since a frame from it).
 """
 
 from __future__ import annotations
@@ -258,6 +279,9 @@ def format_device(name: str, snapshot: DeviceSnapshot, now: int, *, color: bool 
         field("listening port", str(snapshot.listen_port))
     if snapshot.fwmark:
         field("fwmark", f"{snapshot.fwmark:#x}")
+    tap = snapshot.mode == "tap"
+    if tap:
+        field("mode", "tap (layer 2, a minivpn extension)")
     if snapshot.drops:
         field("drops", format_drops(snapshot.drops))
     for peer in _sorted_peers(snapshot):
@@ -283,8 +307,22 @@ def format_device(name: str, snapshot: DeviceSnapshot, now: int, *, color: bool 
             field("transfer", f"{received} received, {sent} sent")
         if peer.persistent_keepalive_interval:
             field("persistent keepalive", f"every {_duration(peer.persistent_keepalive_interval)}")
+        if tap and peer.allowed_macs:
+            field("allowed macs", ", ".join(peer.allowed_macs))
         if peer.drops:
             field("drops", format_drops(peer.drops))
+    if tap:
+        lines.append("")
+        lines.append(f"{_BOLD}mac table{_RESET} (minivpn extension, Mode = tap):")
+        for entry in snapshot.mac_table:
+            behind = (
+                "this tap device"
+                if entry.public_key is None
+                else "peer " + entry.public_key.to_base64()
+            )
+            lines.append(f"  {entry.mac}  {behind}  {entry.age} s")
+        if not snapshot.mac_table:
+            lines.append("  (empty)")
     text = "\n".join(lines) + "\n"
     return text if color else strip_colors(text)
 
@@ -426,7 +464,7 @@ def device_json(name: str, snapshot: DeviceSnapshot) -> dict[str, Any]:
     """The documented JSON object for one interface (no private or preshared key in it)."""
     key = snapshot.private_key
     public_key = key.public_key().to_base64() if key is not None and not key.is_zero() else None
-    return {
+    shown: dict[str, Any] = {
         "name": name,
         "public_key": public_key,
         "listen_port": snapshot.listen_port,
@@ -449,3 +487,16 @@ def device_json(name: str, snapshot: DeviceSnapshot) -> dict[str, Any]:
             for peer in _sorted_peers(snapshot)
         ],
     }
+    if snapshot.mode == "tap":  # minivpn's layer-2 extension (docs/l2.md)
+        shown["mode"] = "tap"
+        for peer_json, peer in zip(shown["peers"], _sorted_peers(snapshot), strict=True):
+            peer_json["allowed_macs"] = list(peer.allowed_macs)
+        shown["mac_table"] = [
+            {
+                "mac": entry.mac,
+                "peer": entry.public_key.to_base64() if entry.public_key is not None else None,
+                "age": entry.age,
+            }
+            for entry in snapshot.mac_table
+        ]
+    return shown

@@ -34,6 +34,12 @@ Decisions that differ from wg-quick, on purpose:
   routing for it, which ``up`` does not (see :func:`~minivpn.runtime.wgquick.plan_routes`).
   ``Table = off`` or ``Table = NUMBER`` allow it.
 
+And one minivpn extension: ``Mode = tap`` (docs/l2.md) makes the device a TAP device that
+carries Ethernet frames, switched between the peers by MAC address
+(:class:`~minivpn.wireguard.ethernet.EthernetCore`); its MTU defaults to wg-quick's rule minus
+16, so that a whole frame fits one datagram, and ``Address`` may be left out (to put the device
+into a bridge).  Both ends must be minivpn in ``Mode = tap``.
+
 ``down`` removes the socket file: the interface's process notices and stops, and with its TUN
 device go the addresses and routes.  A device still there after 5 seconds is deleted through
 netlink.  SIGINT/SIGTERM to the process (Ctrl-C with ``--foreground``) do the same.
@@ -70,6 +76,7 @@ from minivpn.runtime.wgquick import (
     plan_routes,
     resolve_endpoints,
 )
+from minivpn.tuntap.ioctl import Mode
 from minivpn.wireguard.config import load_config
 
 if TYPE_CHECKING:
@@ -153,14 +160,25 @@ def cmd_up(args: argparse.Namespace) -> int:
         if peer.endpoint is not None
     ]
 
+    tap = config.interface.mode == "tap"
+    if tap:
+        from minivpn.wireguard.ethernet import TAP_OVERHEAD
+
+    # wg-quick's MTU, minus the Ethernet header and minivpn's frame header for a TAP device.
+    overhead = TAP_OVERHEAD if tap else 0
+
     def build_core(now: float) -> WireGuardCore:
         from minivpn.wireguard.core import WireGuardCore
 
         # The MTU is the device's: run_interface reads it from the link as it starts.
+        if tap:
+            from minivpn.wireguard.ethernet import EthernetCore
+
+            return EthernetCore.from_config(config, now=now, endpoints=endpoints)
         return WireGuardCore.from_config(config, now=now, endpoints=endpoints)
 
     with stop_signals_held():
-        interface = open_interface(name, exclusive=True)
+        interface = open_interface(name, exclusive=True, mode=Mode.TAP if tap else Mode.TUN)
         try:
             apply_link_settings(
                 name,
@@ -168,6 +186,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 endpoints=endpoint_addresses,
                 addresses=config.interface.addresses,
                 routes=routes,
+                overhead=overhead,
             )
         except BaseException:
             interface.close()  # the device goes, and with it what was configured so far

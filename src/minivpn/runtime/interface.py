@@ -149,7 +149,11 @@ class Interface:
 
 
 def open_interface(
-    name: str, *, exclusive: bool, socket_dir: str | os.PathLike[str] | None = None
+    name: str,
+    *,
+    exclusive: bool,
+    socket_dir: str | os.PathLike[str] | None = None,
+    mode: Mode = Mode.TUN,
 ) -> Interface:
     """Create the UAPI socket and the TUN device of interface *name*.
 
@@ -159,6 +163,8 @@ def open_interface(
             an existing persistent TUN device, as wireguard-go does (``minivpnd``).
         socket_dir: the socket directory; :func:`~minivpn.runtime.uapi_server.default_socket_dir`
             when None.
+        mode: ``Mode.TAP`` for an interface in ``Mode = tap`` (layer 2): a TAP device (with a
+            virtio-net header unless offloads are off, for merged writes: frame_engine.py).
 
     Returns:
         Both, ready; nothing is left behind on failure.
@@ -180,7 +186,7 @@ def open_interface(
         uapi.close()
         raise
     try:
-        fd, actual_name, flags = open_device(name, Mode.TUN, vnet_hdr=vnet_hdr, exclusive=exclusive)
+        fd, actual_name, flags = open_device(name, mode, vnet_hdr=vnet_hdr, exclusive=exclusive)
     except DeviceBusy as exc:
         trace.close()
         uapi.close()
@@ -201,7 +207,7 @@ def open_interface(
         uapi.close()
         raise
     config = DeviceConfig(
-        name=actual_name, mode=Mode.TUN, pi=False, multi_queue=False, vnet_hdr=vnet_hdr
+        name=actual_name, mode=mode, pi=False, multi_queue=False, vnet_hdr=vnet_hdr
     )
     return Interface(name, uapi, config, flags, fd, trace)
 

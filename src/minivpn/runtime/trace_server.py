@@ -108,6 +108,8 @@ MISCONFIGURATION = frozenset(
         "no_endpoint",
         "handshake_invalid",
         "packet_too_big",
+        "mode_mismatch",
+        "disallowed_mac",
     }
 )
 PROTOCOL_VERSION = 1

@@ -60,7 +60,7 @@ from minivpn.runtime.uapi_server import UapiSocket, serve_uapi, watch_socket_pat
 from minivpn.tuntap.aio import READ_SIZE
 from minivpn.tuntap.device import get_txqueuelen, set_txqueuelen
 from minivpn.tuntap.errors import TunError
-from minivpn.tuntap.ioctl import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD
+from minivpn.tuntap.ioctl import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD, Mode
 from minivpn.wireguard.diagnosis import peer_failure_cause
 from minivpn.wireguard.events import (
     Action,
@@ -69,6 +69,8 @@ from minivpn.wireguard.events import (
     HandshakeCompleted,
     HandshakeFailed,
     ListenPortChanged,
+    MacMoved,
+    ModeMismatch,
     SendDatagram,
 )
 from minivpn.wireguard.results import WriteToNetwork, WriteToTunnel
@@ -169,6 +171,7 @@ class _Runtime:
         self.frame = lazy_buffer(VNET_HDR_LEN + MAX_DATAGRAM)
         self.read_into = [self.frame]  # os.readv's argument, built once
         self.bad_frames = 0  # reads whose virtio-net header made no sense
+        self.mismatched: set[PublicKey] = set()  # peers whose Mode differs, logged once each
 
     def bind(self, port: int) -> None:
         """Open the IPv4 and IPv6 UDP sockets on *port* (any free port if 0).
@@ -235,6 +238,12 @@ class _Runtime:
                 )
             elif isinstance(action, ListenPortChanged | FwmarkChanged):
                 rebind = True  # `wg setconf` sends both: rebind once, after the batch
+            elif isinstance(action, MacMoved):
+                mac = action.mac.hex(":")
+                log.info("MAC %s moved from %s to %s", mac, _port(action.old), _port(action.new))
+            elif isinstance(action, ModeMismatch) and action.public_key not in self.mismatched:
+                self.mismatched.add(action.public_key)
+                log.warning("%s", _mismatch(action))
         if rebind:
             self.restart_sockets()
         self.poke_timers()
@@ -414,6 +423,24 @@ def _short(key: PublicKey) -> str:
     return key.to_base64()[:8] + "…"
 
 
+def _port(key: PublicKey | None) -> str:
+    """A port of the layer-2 switch, for the log: a peer, or the TAP device (None)."""
+    return "this TAP device" if key is None else f"peer {_short(key)}"
+
+
+def _mismatch(event: ModeMismatch) -> str:
+    if event.received == "packet":
+        return (
+            f"peer {_short(event.public_key)} sends IP packets, but this interface is in "
+            "Mode = tap (Ethernet frames, a minivpn extension): the peer must be minivpn with "
+            "Mode = tap too; dropping them"
+        )
+    return (
+        f"peer {_short(event.public_key)} sends Ethernet frames (it is minivpn in Mode = tap), "
+        "but this interface carries IP packets: give both ends the same Mode; dropping them"
+    )
+
+
 def _udp_socket(family: int, address: tuple[Any, ...], fwmark: int, gro: bool) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
@@ -474,7 +501,13 @@ async def run_interface(
     if isinstance(uapi_listener, UapiSocket):
         socket_path, file_id = uapi_listener.path, uapi_listener.file_id
         uapi_listener = uapi_listener.listener
-    iface = _Runtime(device, core)
+    if device.config.mode is Mode.TAP:  # layer 2 (Mode = tap): frames through the switch
+        from minivpn.runtime import frames
+
+        batched = offload_mode() is not OffloadMode.OFF
+        iface: _Runtime = frames.FrameRuntime(device, core, batched=batched)
+    else:
+        iface = _Runtime(device, core)
     with contextlib.suppress(TunError):
         core.mtu = device.mtu()
         if get_txqueuelen(device.name) == TUN_DEFAULT_QUEUE:  # nobody chose a length
@@ -482,7 +515,15 @@ async def run_interface(
     iface.bind(core.listen_port)
     device_to_network: Callable[[_Runtime], Awaitable[None]]
     network_to_device: Callable[[_Runtime, socket.socket], Awaitable[None]]
-    if iface.offloaded:
+    if device.config.mode is Mode.TAP and iface.offloaded:
+        log.info("data path: Ethernet frames through the frame engine (Mode = tap)")
+        device_to_network = frames.batched_device_to_network
+        network_to_device = frames.batched_network_to_device
+    elif device.config.mode is Mode.TAP:
+        log.info("data path: Ethernet frames, one at a time (Mode = tap)")
+        device_to_network = frames.device_to_network
+        network_to_device = frames.network_to_device
+    elif iface.offloaded:
         if offload_mode() is not OffloadMode.TSO:
             log.info("data path: the offload engine")
         elif _enable_tso(device):

@@ -11,8 +11,9 @@ order:
 * :class:`ListenPortChanged`, :class:`FwmarkChanged`: a UAPI ``set`` changed how the UDP socket
   must be bound: rebind it;
 * the rest are *events*, for logs, statistics and tests: :class:`HandshakeCompleted`,
-  :class:`HandshakeFailed`, :class:`KeyMaterialZeroed` and, when the core was built with
-  ``report_drops=True``, :class:`PacketDropped`.
+  :class:`HandshakeFailed`, :class:`KeyMaterialZeroed`, :class:`ModeMismatch`, in layer-2 mode
+  :class:`MacMoved` and, when the core was built with ``report_drops=True``,
+  :class:`PacketDropped`.
 
 Dropped packets are always counted by reason in ``core.drops``
 (a ``dict[DropReason, int]``), and per peer where a peer is known
@@ -43,6 +44,8 @@ __all__ = [
     "HandshakeFailed",
     "KeyMaterialZeroed",
     "ListenPortChanged",
+    "MacMoved",
+    "ModeMismatch",
     "PacketDropped",
     "SendDatagram",
 ]
@@ -99,6 +102,17 @@ class DropReason(enum.Enum):
     STAGED_OVERFLOW = "staged_overflow"
     #: Staged packets discarded: the handshake was given up, keys were zeroed, or the peer removed.
     STAGED_FLUSHED = "staged_flushed"
+    #: A peer sends what the other mode carries: IP packets to an interface in ``Mode = tap``,
+    #: or Ethernet frames to one in ``Mode = tun`` (docs/l2.md, "On the wire").
+    MODE_MISMATCH = "mode_mismatch"
+    #: ``Mode = tap``: a frame shorter than an Ethernet header, whose length header does not
+    #: match the message, or whose source MAC address is not a unicast address.
+    INVALID_FRAME = "invalid_frame"
+    #: ``Mode = tap``: a frame from the TAP device longer than its MTU + 14: it would not fit
+    #: one datagram (frames are never fragmented).
+    OVERSIZED_FRAME = "oversized_frame"
+    #: ``Mode = tap``: a frame whose source MAC address is not in the sending peer's AllowedMACs.
+    DISALLOWED_MAC = "disallowed_mac"
     # The runtime's drops, counted by the core all the same (``core.note_drop``):
     #: A datagram the kernel would not send: larger than the path's MTU (EMSGSIZE).
     PACKET_TOO_BIG = "packet_too_big"
@@ -182,6 +196,39 @@ class PacketDropped:
 
 
 @attrs.frozen
+class ModeMismatch:
+    """A peer sends what the other mode carries: its configuration's ``Mode`` differs from ours.
+
+    An interface in ``Mode = tap`` received an IP packet (the peer is in layer-3 mode, or is
+    not minivpn), or one in ``Mode = tun`` received an Ethernet frame (the peer is in
+    ``Mode = tap``).  The message authenticated: it really is that peer.  Dropped, and counted
+    as ``MODE_MISMATCH``.
+
+    Attributes:
+        public_key: the peer.
+        received: ``"packet"`` or ``"frame"``: what arrived.
+    """
+
+    public_key: PublicKey
+    received: str
+
+
+@attrs.frozen
+class MacMoved:
+    """``Mode = tap``: a MAC address was seen behind another port of the switch than before.
+
+    Attributes:
+        mac: the address (6 bytes).
+        old: the peer it was behind, or None for this interface's own TAP device.
+        new: the peer it is behind now, or None for the TAP device.
+    """
+
+    mac: bytes
+    old: PublicKey | None
+    new: PublicKey | None
+
+
+@attrs.frozen
 class ListenPortChanged:
     """UAPI set ``listen_port``: rebind the UDP socket to ``port`` (0: any free port).
 
@@ -208,6 +255,8 @@ Action: TypeAlias = (
     | HandshakeCompleted
     | HandshakeFailed
     | KeyMaterialZeroed
+    | ModeMismatch
+    | MacMoved
     | PacketDropped
     | ListenPortChanged
     | FwmarkChanged

@@ -35,7 +35,7 @@ from minivpn.wireguard.errors import (
     ReplayedHandshake,
     UnknownPeer,
 )
-from minivpn.wireguard.events import DropReason
+from minivpn.wireguard.events import DropReason, ModeMismatch
 from minivpn.wireguard.messages import (
     INITIATION_SIZE,
     RESPONSE_SIZE,
@@ -187,6 +187,10 @@ class ReceivePath(SendPath):
             if length > size:
                 return self._drop(DropReason.INVALID_INNER_PACKET, peer)
         else:
+            if size >= 2 and version < 4:
+                # Top bits 00: the frame header of a peer in Mode = tap (ethernet.py).
+                self._actions.append(ModeMismatch(peer.public_key, "frame"))
+                return self._drop(DropReason.MODE_MISMATCH, peer)
             return self._drop(DropReason.INVALID_INNER_PACKET, peer)
         # Cryptokey routing, the other way: the peer may only use its own allowed IPs.
         if self._route(source) is not peer:

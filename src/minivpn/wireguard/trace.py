@@ -353,10 +353,13 @@ _RECEIVE_REASONS = frozenset(
         DropReason.REPLAYED_COUNTER,
         DropReason.INVALID_INNER_PACKET,
         DropReason.DISALLOWED_SOURCE,
+        DropReason.MODE_MISMATCH,
     }
 )
 _AFTER_DECRYPTION = frozenset({DropReason.REPLAYED_COUNTER})
-_AFTER_REPLAY_CHECK = frozenset({DropReason.INVALID_INNER_PACKET, DropReason.DISALLOWED_SOURCE})
+_AFTER_REPLAY_CHECK = frozenset(
+    {DropReason.INVALID_INNER_PACKET, DropReason.DISALLOWED_SOURCE, DropReason.MODE_MISMATCH}
+)
 #: The drops that concern an older packet than the one in hand, or none.
 _NOT_THIS_PACKET = frozenset({DropReason.STAGED_OVERFLOW, DropReason.STAGED_FLUSHED})
 

@@ -87,6 +87,7 @@ __all__ = [
     "GetRequest",
     "IPAddress",
     "IPNetwork",
+    "MacTableEntry",
     "PeerSet",
     "PeerSnapshot",
     "RequestError",
@@ -760,6 +761,7 @@ class PeerSnapshot:
         tx_bytes, rx_bytes: transport bytes sent and received.
         persistent_keepalive_interval: seconds, 0 for off.
         allowed_ips: the peer's prefixes as text (:func:`format_allowed_ip`), in table order.
+        allowed_macs: ``Mode = tap``: the peer's AllowedMACs as text (none: any source).
         drops: minivpn's drops for this peer, ``(reason, count)`` for each reason seen.
         counters: minivpn's other counters of the peer, ``(name, value)``
             (:class:`~minivpn.wireguard.counters.PeerCounters`).  Both are empty for another
@@ -775,11 +777,31 @@ class PeerSnapshot:
     rx_bytes: int = 0
     persistent_keepalive_interval: int = 0
     allowed_ips: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    allowed_macs: tuple[str, ...] = attrs.field(default=(), converter=_strings)
     drops: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_counts)
     counters: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_counts)
 
 
 def _peer_snapshots(values: Iterable[PeerSnapshot]) -> tuple[PeerSnapshot, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class MacTableEntry:
+    """``Mode = tap``: one entry of the switch's MAC table, as ``get=1`` reports it.
+
+    Attributes:
+        mac: the address, ``02:00:5e:10:00:01``.
+        public_key: the peer it is behind, or None: behind the interface's own TAP device.
+        age: whole seconds since a frame from it was last seen.
+    """
+
+    mac: str
+    public_key: PublicKey | None
+    age: int
+
+
+def _mac_entries(values: Iterable[MacTableEntry]) -> tuple[MacTableEntry, ...]:
     return tuple(values)
 
 
@@ -792,6 +814,8 @@ class DeviceSnapshot:
         listen_port: the UDP port actually bound (0 when none).
         fwmark: the firewall mark (0: none).
         peers: every peer.
+        mode: ``"tun"`` (WireGuard) or ``"tap"`` (minivpn's layer-2 extension).
+        mac_table: ``Mode = tap``: the switch's MAC table.
         drops: minivpn's drops of the whole device, ``(reason, count)`` for each reason seen
             (empty for another daemon).
     """
@@ -800,6 +824,8 @@ class DeviceSnapshot:
     listen_port: int = 0
     fwmark: int = 0
     peers: tuple[PeerSnapshot, ...] = attrs.field(default=(), converter=_peer_snapshots)
+    mode: str = "tun"
+    mac_table: tuple[MacTableEntry, ...] = attrs.field(default=(), converter=_mac_entries)
     drops: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_counts)
 
 
@@ -820,7 +846,14 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
     the peer's) and ``minivpn_counter=NAME:VALUE`` (per peer).  ``wg`` skips keys it does not
     know (wireguard-tools ``ipc-uapi.h``: the chain of key comparisons has no final ``else``),
     so ``wg show`` and ``wg showconf`` print exactly what they print without them
-    (``tests/netns/test_show.py`` checks it with the real ``wg``).
+    (``tests/netns/test_trace.py`` checks it with the real ``wg``).
+
+    In ``Mode = tap`` (minivpn's extension), three more keys, which ``wg`` skips (its parser,
+    wireguard-tools ``ipc-uapi.h``, ignores keys it does not know): ``minivpn_mode=tap`` and a
+    ``minivpn_mac=MAC,AGE`` line per MAC address behind the TAP device among the device
+    lines; per peer, ``minivpn_allowed_mac=PREFIX`` lines and a ``minivpn_mac=MAC,AGE`` line
+    per address behind that peer.  A ``tun`` device's answer is wireguard-go's, with only the
+    counters above added.
     """
     lines: list[str] = []
     if snapshot.private_key is not None and not snapshot.private_key.is_zero():
@@ -829,6 +862,12 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
         lines.append(f"listen_port={snapshot.listen_port}")
     if snapshot.fwmark:
         lines.append(f"fwmark={snapshot.fwmark}")
+    macs: dict[PublicKey | None, list[str]] = {}
+    if snapshot.mode != "tun":
+        lines.append(f"minivpn_mode={snapshot.mode}")
+        for entry in snapshot.mac_table:
+            macs.setdefault(entry.public_key, []).append(f"minivpn_mac={entry.mac},{entry.age}")
+        lines.extend(macs.get(None, ()))
     lines.extend(f"minivpn_drop={reason}:{count}" for reason, count in snapshot.drops)
     for peer in snapshot.peers:
         psk = peer.preshared_key.to_hex() if peer.preshared_key is not None else _ZERO_HEX
@@ -843,6 +882,8 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
         lines.append(f"rx_bytes={peer.rx_bytes}")
         lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive_interval}")
         lines.extend(f"allowed_ip={prefix}" for prefix in peer.allowed_ips)
+        lines.extend(f"minivpn_allowed_mac={prefix}" for prefix in peer.allowed_macs)
+        lines.extend(macs.get(peer.public_key, ()))
         lines.extend(f"minivpn_drop={reason}:{count}" for reason, count in peer.drops)
         lines.extend(f"minivpn_counter={name}:{value}" for name, value in peer.counters)
     lines.append("errno=0")
@@ -873,6 +914,7 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
         raise UapiError("get response does not end with a blank line")
     device: dict[str, object] = {"drops": []}
     peers: list[dict[str, object]] = []
+    mac_table: list[MacTableEntry] = []
     lines = text[:-2].split("\n")
     *body, status = lines
     key, _, value = status.partition("=")
@@ -890,6 +932,7 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
                     {
                         "public_key": PublicKey.from_hex(_checked_hex(value)),
                         "ips": [],
+                        "macs": [],
                         "drops": [],
                         "counters": [],
                     }
@@ -901,8 +944,14 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
                     field = "drops" if key == "minivpn_drop" else "counters"
                     if field in target:
                         target[field].append(count)  # type: ignore[attr-defined]
+            elif key == "minivpn_mac":
+                owner = peers[-1]["public_key"] if peers else None
+                mac, _, age = value.partition(",")
+                mac_table.append(MacTableEntry(mac, owner, _parse_uint(age, 63, key)))  # type: ignore[arg-type]
             elif not peers:
-                if key == "private_key":
+                if key == "minivpn_mode":
+                    device["mode"] = value
+                elif key == "private_key":
                     device["private_key"] = PrivateKey.from_hex(_checked_hex(value))
                 elif key in ("listen_port", "fwmark"):
                     device[key] = _parse_uint(value, 16 if key == "listen_port" else 32, key)
@@ -913,15 +962,19 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
                 peers[-1]["endpoint"] = value
             elif key == "allowed_ip":
                 peers[-1]["ips"].append(value)  # type: ignore[attr-defined]
+            elif key == "minivpn_allowed_mac":
+                peers[-1]["macs"].append(value)  # type: ignore[attr-defined]
             elif key in _PEER_INT_FIELDS:
                 peers[-1][key] = _parse_uint(value, _PEER_INT_FIELDS[key], key)
     except (UapiError, InvalidKey) as exc:
         raise UapiError(f"malformed get response: {exc}") from None
     snapshots = []
     for fields in peers:
-        allowed_ips = fields.pop("ips")
-        snapshots.append(PeerSnapshot(**fields, allowed_ips=allowed_ips))  # type: ignore[arg-type]
-    return DeviceSnapshot(**device, peers=snapshots)  # type: ignore[arg-type]
+        allowed_ips, allowed_macs = fields.pop("ips"), fields.pop("macs")
+        snapshots.append(
+            PeerSnapshot(**fields, allowed_ips=allowed_ips, allowed_macs=allowed_macs)  # type: ignore[arg-type]
+        )
+    return DeviceSnapshot(**device, peers=snapshots, mac_table=mac_table)  # type: ignore[arg-type]
 
 
 def _name_and_count(value: str) -> tuple[str, int] | None:
