@@ -62,3 +62,4 @@ def bench(session: nox.Session) -> None:
         session.run("python", "tests/bench/floor.py")
         session.run("python", "tests/bench/core_bench.py")
         session.run("python", "tests/bench/l2_flood.py")
+        session.run("python", "tests/bench/trace_load.py")

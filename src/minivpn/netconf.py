@@ -232,6 +232,31 @@ def path_mtu(destination: str) -> int | None:
         return _route_mtu(ipr, routes[0]) if routes else None
 
 
+def route_link(destination: str) -> str | None:
+    """The link a packet to *destination* leaves by, as ``ip route get DESTINATION`` shows it.
+
+    Returns:
+        Its name, or None when no route leaves by a link (unreachable, a blackhole).
+
+    Raises:
+        NetconfError: the lookup failed for another reason.
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with _netlink(f"look up the route to {destination}") as ipr:
+        try:
+            routes = ipr.route("get", dst=destination)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL):
+                return None
+            raise
+        index = routes[0].get_attr("RTA_OIF") if routes else None
+        if index is None:
+            return None
+        (link,) = ipr.get_links(index)
+        return str(link.get("IFLA_IFNAME"))
+
+
 def default_route_mtu() -> int | None:
     """The MTU of the IPv4 default route (``ip route show default``, then its link); or None."""
     with _netlink("look up the default route") as ipr:

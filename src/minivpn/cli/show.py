@@ -16,6 +16,11 @@ from ``wg`` reads the same here::
       transfer: 1.46 KiB received, 2.02 KiB sent
       persistent keepalive: every 25 seconds
 
+minivpn adds one line of its own, ``drops:``, to the interface and to each peer that dropped
+anything: the count, then the counts by reason (``drops: 5 (no_route 3, unknown_peer 2)``).  It
+appears only for a minivpn daemon that has dropped something (wireguard-go sends no such
+counters), so for everything else the text is ``wg show``'s, byte for byte.
+
 Peers come most recent handshake first, as in ``wg show``.  On a terminal the text has
 ``wg``'s colours, byte for byte (wireguard-tools ``terminal.h``: names bold, the interface
 green, peers yellow, units cyan); not on a pipe or file, nor with ``NO_COLOR`` set (not empty).
@@ -40,6 +45,7 @@ name.  Its shape is stable::
       "public_key": "<base64>" | null,          # null: no private key set
       "listen_port": 51820,                     # 0: not listening
       "fwmark": 4660 | null,                    # null: off
+      "drops": {"no_route": 3},                 # minivpn's drops by reason ({} otherwise)
       "peers": [                                # the order of the text output
         {
           "public_key": "<base64>",
@@ -49,7 +55,14 @@ name.  Its shape is stable::
           "latest_handshake": 1700000000 | null,  # Unix time in seconds; null: never
           "rx_bytes": 1495,
           "tx_bytes": 2068,
-          "persistent_keepalive": 25 | null       # seconds; null: off
+          "persistent_keepalive": 25 | null,      # seconds; null: off
+          "drops": {"disallowed_source": 2},      # minivpn's drops for this peer ({} otherwise)
+          "counters": {"initiations_sent": 1, ...}  # minivpn's other counters ({} otherwise):
+                                                  # initiations_sent, initiations_received,
+                                                  # responses_sent, responses_received,
+                                                  # cookie_replies_received, keepalives_sent,
+                                                  # keepalives_received, rx_data_bytes,
+                                                  # tx_data_bytes
         }
       ]
     }
@@ -91,7 +104,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     from minivpn.wireguard.uapi import DeviceSnapshot, PeerSnapshot
 
@@ -99,6 +112,7 @@ __all__ = [
     "FIELDS",
     "device_json",
     "format_device",
+    "format_drops",
     "format_field",
     "register",
     "run",
@@ -268,6 +282,8 @@ def format_device(name: str, snapshot: DeviceSnapshot, now: int, *, color: bool 
     tap = snapshot.mode == "tap"
     if tap:
         field("mode", "tap (layer 2, a minivpn extension)")
+    if snapshot.drops:
+        field("drops", format_drops(snapshot.drops))
     for peer in _sorted_peers(snapshot):
         lines.append("")
         lines.append(
@@ -293,6 +309,8 @@ def format_device(name: str, snapshot: DeviceSnapshot, now: int, *, color: bool 
             field("persistent keepalive", f"every {_duration(peer.persistent_keepalive_interval)}")
         if tap and peer.allowed_macs:
             field("allowed macs", ", ".join(peer.allowed_macs))
+        if peer.drops:
+            field("drops", format_drops(peer.drops))
     if tap:
         lines.append("")
         lines.append(f"{_BOLD}mac table{_RESET} (minivpn extension, Mode = tap):")
@@ -307,6 +325,13 @@ def format_device(name: str, snapshot: DeviceSnapshot, now: int, *, color: bool 
             lines.append("  (empty)")
     text = "\n".join(lines) + "\n"
     return text if color else strip_colors(text)
+
+
+def format_drops(drops: Iterable[tuple[str, int]]) -> str:
+    """``5 (no_route 3, unknown_peer 2)``: the total, then each reason, most first."""
+    counts = sorted(drops, key=lambda item: (-item[1], item[0]))
+    total = sum(count for _, count in counts)
+    return f"{total} (" + ", ".join(f"{reason} {count}" for reason, count in counts) + ")"
 
 
 def strip_colors(text: str) -> str:
@@ -444,6 +469,7 @@ def device_json(name: str, snapshot: DeviceSnapshot) -> dict[str, Any]:
         "public_key": public_key,
         "listen_port": snapshot.listen_port,
         "fwmark": snapshot.fwmark or None,
+        "drops": dict(snapshot.drops),
         "peers": [
             {
                 "public_key": peer.public_key.to_base64(),
@@ -455,6 +481,8 @@ def device_json(name: str, snapshot: DeviceSnapshot) -> dict[str, Any]:
                 "rx_bytes": peer.rx_bytes,
                 "tx_bytes": peer.tx_bytes,
                 "persistent_keepalive": peer.persistent_keepalive_interval or None,
+                "drops": dict(peer.drops),
+                "counters": dict(peer.counters),
             }
             for peer in _sorted_peers(snapshot)
         ],

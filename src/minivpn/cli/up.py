@@ -2,7 +2,7 @@
 
 ::
 
-    minivpn up CONFIG|NAME [--foreground]
+    minivpn up CONFIG|NAME [--foreground] [--log-file FILE]
     minivpn down NAME|CONFIG
 
 ``up`` does what ``wg-quick up`` does with a userspace implementation, in one process:
@@ -17,6 +17,13 @@
 4. go to the background (unless ``--foreground``) and run the interface; the command returns
    once the UDP sockets are bound, or fails with the reason (e.g. the port is in use), leaving
    nothing behind.
+
+In the background the interface logs (at the level ``-v``/``-q`` chose, :mod:`minivpn.logs`)
+to ``--log-file FILE``; without it, to the journal when its standard error is the journal
+(systemd says so in ``JOURNAL_STREAM``), else to ``/var/log/minivpn/NAME.log``
+(``$MINIVPN_LOG_DIR/NAME.log``).  The file is opened before anything is made, so a log that
+cannot be written is an error of the command; the command says where the log goes when the
+interface is up.  In the foreground it logs to standard error.
 
 Decisions that differ from wg-quick, on purpose:
 
@@ -41,8 +48,13 @@ netlink.  SIGINT/SIGTERM to the process (Ctrl-C with ``--foreground``) do the sa
 from __future__ import annotations
 
 import logging
+import os
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from minivpn.errors import MinivpnError
+from minivpn.logs import configure_logging
 from minivpn.runtime.interface import (
     DOWN_TIMEOUT,
     open_interface,
@@ -74,6 +86,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Where a background interface logs by default: DIR/NAME.log.
+LOG_DIR = Path("/var/log/minivpn")
+#: The environment variable that moves it.
+LOG_DIR_ENV = "MINIVPN_LOG_DIR"
+
+
+class LogFileError(MinivpnError):
+    """The log of a background interface cannot be written where it should go."""
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``up`` and ``down`` to the ``minivpn`` parser."""
@@ -95,6 +116,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--foreground",
         action="store_true",
         help="stay in the foreground, logging to stderr, until Ctrl-C or SIGTERM",
+    )
+    up.add_argument(
+        "--log-file",
+        metavar="FILE",
+        help="in the background, log to FILE (default: the journal when stderr is the "
+        f"journal, else {LOG_DIR}/NAME.log)",
     )
     up.set_defaults(func=cmd_up)
 
@@ -125,6 +152,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     routes = plan_routes(config, filename, name)
     require_cap_net_admin(f"bring {name} up")
+    log_fd, where = (None, "") if args.foreground else _open_log(args.log_file, name)
     endpoints = resolve_endpoints(config, filename)
     endpoint_addresses = [
         str(peer.endpoint.ip) if peer.endpoint.ip is not None else endpoints[peer.public_key][0]
@@ -166,8 +194,16 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.foreground:
             serve_until_stopped(interface, build_core, Readiness())
             return 0
-        readiness = daemonize(program="minivpn", keep_output=False, wait_for_readiness=True)
+        readiness = daemonize(
+            program="minivpn", keep_output=log_fd is None, wait_for_readiness=True
+        )
         # From here on this is the daemon: the parent reports what it is told and exits.
+        if log_fd is not None:  # standard output and error become the log file
+            os.dup2(log_fd, 1)
+            os.dup2(log_fd, 2)
+            os.close(log_fd)
+        configure_logging(args.verbosity, prefix=f"minivpn ({name})", timestamps=log_fd is not None)
+        readiness = _ReadinessSayingWhere(readiness, where)
         try:
             serve_until_stopped(interface, build_core, readiness)
         except BaseException as exc:
@@ -179,6 +215,62 @@ def cmd_up(args: argparse.Namespace) -> int:
                 readiness.failed("; ".join(messages))
             return 1
     return 0
+
+
+def _open_log(log_file: str | None, name: str) -> tuple[int | None, str]:
+    """Open the log of a background interface: ``(fd, where)``, fd None for the journal.
+
+    Raises:
+        LogFileError: the file cannot be opened for writing.
+    """
+    if log_file is None and _stderr_is_the_journal():
+        return None, "the journal"
+    if log_file is not None:
+        path = Path(log_file)
+    else:
+        directory = Path(os.environ.get(LOG_DIR_ENV) or LOG_DIR)
+        try:
+            directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LogFileError(
+                f"cannot create {directory} for the log: {exc.strerror} (use --log-file FILE, "
+                "or --foreground)"
+            ) from None
+        path = directory / f"{name}.log"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        raise LogFileError(
+            f"cannot write the log to {path}: {exc.strerror} (use --log-file FILE, or --foreground)"
+        ) from None
+    return fd, str(path)
+
+
+def _stderr_is_the_journal() -> bool:
+    """Whether standard error is a stream to systemd's journal (``JOURNAL_STREAM=DEV:INODE``)."""
+    device, colon, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not colon:
+        return False
+    try:
+        info = os.fstat(sys.stderr.fileno())
+        return (info.st_dev, info.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError):
+        return False
+
+
+class _ReadinessSayingWhere(Readiness):
+    """The daemon's readiness, whose "up" message also says where its log goes."""
+
+    def __init__(self, inner: Readiness, where: str) -> None:
+        super().__init__()
+        self._inner = inner
+        self._where = where
+
+    def ready(self, message: str) -> None:
+        self._inner.ready(f"{message}; log: {self._where}")
+
+    def failed(self, message: str) -> None:
+        self._inner.failed(message)
 
 
 def cmd_down(args: argparse.Namespace) -> int:

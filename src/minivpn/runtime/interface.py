@@ -2,7 +2,8 @@
 
 An interface is three kernel objects and one process::
 
-    the UAPI socket   /var/run/wireguard/NAME.sock, where ``wg`` configures it
+    the UAPI socket   /var/run/wireguard/NAME.sock, where ``wg`` configures it (and
+                      NAME.trace beside it, where ``minivpn trace`` reads events)
     the TUN device    NAME, with its MTU, addresses and routes (the routes and addresses belong
                       to the device: the kernel removes them when the device goes)
     the UDP sockets   bound by the runtime (:func:`minivpn.runtime.vpn.run_interface`)
@@ -12,7 +13,8 @@ The steps, in order, and why in that order:
 
 1. **Prepare, synchronously, before trio starts** (:func:`open_interface`).  The UAPI socket
    first: if another process serves this interface, the user learns "already running" rather
-   than a vaguer "name in use".  Then the TUN device; then (``minivpn up`` only) MTU,
+   than a vaguer "name in use"; the trace socket beside it (``NAME.trace``,
+   :mod:`minivpn.runtime.trace_server`).  Then the TUN device; then (``minivpn up`` only) MTU,
    addresses, link up and routes, as wg-quick sets them
    (:func:`~minivpn.runtime.wgquick.apply_link_settings`).  Any failure undoes what was made.
 2. **Daemonise** (:func:`~minivpn.runtime.process.daemonize`), unless running in the
@@ -51,6 +53,7 @@ import trio
 
 from minivpn.errors import MinivpnError
 from minivpn.runtime.process import STOP_SIGNALS, NotPrivileged, trim_heap
+from minivpn.runtime.trace_server import TraceSocket, prepare_trace_socket
 from minivpn.runtime.uapi_server import UapiSocket, prepare_socket, socket_path
 from minivpn.tuntap.aio import TunDevice
 from minivpn.tuntap.device import get_features, open_device
@@ -105,6 +108,7 @@ class Interface:
         uapi: the listening UAPI socket and its file.
         device_config: what the device was attached as (TUN, no PI, virtio-net header).
         device_flags: the flags the kernel reported when attaching.
+        trace: the trace socket beside the UAPI socket (``minivpn trace``), or None.
     """
 
     name: str
@@ -112,6 +116,7 @@ class Interface:
     device_config: DeviceConfig
     device_flags: int
     _fd: int
+    trace: TraceSocket | None = None
 
     def take_device(self) -> TunDevice:
         """The TUN device as a trio object; it now owns (and will close) the file.
@@ -132,6 +137,8 @@ class Interface:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
+        if self.trace is not None:
+            self.trace.close()
         self.uapi.close()
 
     def __enter__(self) -> Interface:
@@ -174,8 +181,14 @@ def open_interface(
     vnet_hdr = offload_mode() is not OffloadMode.OFF and bool(get_features() & IFF_VNET_HDR)
     uapi = prepare_socket(name, socket_dir)
     try:
+        trace = prepare_trace_socket(uapi.path)
+    except BaseException:
+        uapi.close()
+        raise
+    try:
         fd, actual_name, flags = open_device(name, mode, vnet_hdr=vnet_hdr, exclusive=exclusive)
     except DeviceBusy as exc:
+        trace.close()
         uapi.close()
         if exclusive:
             raise
@@ -184,17 +197,19 @@ def open_interface(
             "attached to it"
         ) from exc
     except NotATunDevice as exc:
+        trace.close()
         uapi.close()
         raise NotATunDevice(
             f"cannot create {name}: a network device of that name exists and is not a TUN device"
         ) from exc
     except BaseException:
+        trace.close()
         uapi.close()
         raise
     config = DeviceConfig(
         name=actual_name, mode=mode, pi=False, multi_queue=False, vnet_hdr=vnet_hdr
     )
-    return Interface(name, uapi, config, flags, fd)
+    return Interface(name, uapi, config, flags, fd, trace)
 
 
 # --- running --------------------------------------------------------------------------------------
@@ -254,7 +269,10 @@ async def _serve(
                         return
 
                 async def run(*, task_status: trio.TaskStatus[None]) -> None:
-                    await run_interface(device, core, interface.uapi, task_status=task_status)
+                    trace = interface.trace.listener if interface.trace is not None else None
+                    await run_interface(
+                        device, core, interface.uapi, trace_listener=trace, task_status=task_status
+                    )
                     nursery.cancel_scope.cancel()  # the socket file was removed
 
                 nursery.start_soon(stop_on_signal)

@@ -11,6 +11,7 @@ The runtime decides *when* things happen and moves bytes; the core decides *what
         │   └── network_to_device[IPv6]                   -> TUN write (or a reply: UDP send)
         ├── timers                sleep until core.next_deadline() -> core.handle_timer(now)
         ├── serve_uapi            `wg` talks to /var/run/wireguard/NAME.sock
+        ├── run_trace             `minivpn trace` reads NAME.trace; the log at -v (trace_server)
         ├── stop_when_removed     the socket file removed -> the interface stops
         ├── watch_link            link up/down, MTU
         └── report_on_signal      SIGUSR1 -> counters in the log
@@ -54,13 +55,16 @@ import trio
 from minivpn.framing.offload import VNET_HDR_LEN, ZERO_VNET_HDR, OffloadError
 from minivpn.offload_engine import MAX_DATAGRAM, OffloadEngine, lazy_buffer
 from minivpn.runtime import sticky
+from minivpn.runtime.trace_server import run_trace
 from minivpn.runtime.uapi_server import UapiSocket, serve_uapi, watch_socket_path
 from minivpn.tuntap.aio import READ_SIZE
 from minivpn.tuntap.device import get_txqueuelen, set_txqueuelen
 from minivpn.tuntap.errors import TunError
 from minivpn.tuntap.ioctl import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD, Mode
+from minivpn.wireguard.diagnosis import peer_failure_cause
 from minivpn.wireguard.events import (
     Action,
+    DropReason,
     FwmarkChanged,
     HandshakeCompleted,
     HandshakeFailed,
@@ -224,10 +228,13 @@ class _Runtime:
             elif isinstance(action, HandshakeCompleted):
                 log.info("handshake with peer %s completed", _short(action.public_key))
             elif isinstance(action, HandshakeFailed):
+                peer = self.core.peers.get(action.public_key)
+                cause = peer_failure_cause(peer, self.core.public_key) if peer else "removed"
                 log.info(
-                    "no handshake with peer %s after %d attempts",
+                    "no handshake with peer %s after %d attempts, giving up: %s",
                     _short(action.public_key),
                     action.attempts,
+                    cause,
                 )
             elif isinstance(action, ListenPortChanged | FwmarkChanged):
                 rebind = True  # `wg setconf` sends both: rebind once, after the batch
@@ -244,11 +251,18 @@ class _Runtime:
     def send_one(self, data: bytes | bytearray | memoryview, endpoint: tuple[str, int]) -> None:
         sock = self.socket_for(endpoint)
         if sock is None:
+            self.core.note_drop(DropReason.SEND_FAILED)  # no socket of that address family
             return
         try:
             sticky.send(sock, data, endpoint)
         except OSError as exc:
-            _log_send_error(exc, endpoint)
+            self.send_failed(exc, endpoint)
+
+    def send_failed(self, exc: OSError, endpoint: tuple[str, int]) -> None:
+        """A send the kernel refused: count it under its reason, say why if it is news."""
+        too_big = exc.errno == errno.EMSGSIZE
+        self.core.note_drop(DropReason.PACKET_TOO_BIG if too_big else DropReason.SEND_FAILED)
+        _log_send_error(exc, endpoint)
 
     def restart_sockets(self) -> None:
         """Apply a new listen port or fwmark.
@@ -334,7 +348,9 @@ class _Runtime:
             self._write_refused(down_before)
 
     def _write_refused(self, down_before: int) -> None:
-        if self.link_up and self.device.stats.dropped_link_down != down_before:
+        link_down = self.device.stats.dropped_link_down != down_before
+        self.core.note_drop(DropReason.TUN_LINK_DOWN if link_down else DropReason.TUN_WRITE_FAILED)
+        if self.link_up and link_down:
             self.link_up = False
             log.info("link %s is down: dropping packets for it", self.device.name)
 
@@ -342,6 +358,7 @@ class _Runtime:
         """Send back-to-back datagrams of ``size`` bytes with one ``sendmsg`` (UDP GSO)."""
         sock = self.socket_for(endpoint)
         if sock is None:
+            self.core.note_drop(DropReason.SEND_FAILED)  # no socket of that address family
             return
         end = len(datagrams)
         try:
@@ -360,7 +377,7 @@ class _Runtime:
                 self.gso = False
                 self.send_train(datagrams, size, endpoint)
             else:
-                _log_send_error(exc, endpoint)
+                self.send_failed(exc, endpoint)
 
     def drain_tun(self, now: float) -> None:
         """Read the TUN device until it is empty (or BATCH reads), through the engine.
@@ -391,6 +408,7 @@ class _Runtime:
                 engine.packets_from_tun(frame[:size], now)
             except OffloadError as exc:
                 self.bad_frames += 1
+                self.core.note_drop(DropReason.TUN_BAD_FRAME)
                 log.debug("dropped a read from %s: %s", self.device.name, exc)
         engine.send_trains()
         actions = self.core.take_actions()
@@ -459,6 +477,7 @@ async def run_interface(
     uapi_listener: socket.socket | UapiSocket | None,
     *,
     socket_path: str | os.PathLike[str] | None = None,
+    trace_listener: socket.socket | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one interface until cancelled or until its UAPI socket file is removed.
@@ -471,6 +490,7 @@ async def run_interface(
             gives the path to watch), a listening UNIX socket, or None.
         socket_path: the UAPI socket's path, if not given by *uapi_listener*; when the file
             goes, the interface stops.
+        trace_listener: the listening trace socket (``minivpn trace``), or None.
         task_status: ``started()`` once the sockets are bound.
 
     Raises:
@@ -523,6 +543,7 @@ async def run_interface(
             nursery.start_soon(_timers, iface)
             nursery.start_soon(_watch_link, iface)
             nursery.start_soon(_report_on_signal, iface)
+            nursery.start_soon(run_trace, core, device.name, trace_listener)
             if uapi_listener is not None:
                 nursery.start_soon(serve_uapi, uapi_listener, iface)
             if socket_path is not None:
@@ -535,13 +556,9 @@ async def run_interface(
             sock.close()
 
 
-def drop_summary(core: WireGuardCore, device: TunDevice) -> str:
-    """``dropped N (reason n, ...)``: what the core and the device dropped, by reason."""
+def drop_summary(core: WireGuardCore) -> str:
+    """``dropped N (reason n, ...)``: what the core and the runtime dropped, by reason."""
     reasons = {reason.value: n for reason, n in core.drops.items() if n}
-    for field in ("dropped_link_down", "dropped_invalid", "dropped_would_block"):
-        count = getattr(device.stats, field)
-        if count:
-            reasons["device_" + field.removeprefix("dropped_")] = count
     detail = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
     return f"dropped {sum(reasons.values())}" + (f" ({detail})" if detail else "")
 
@@ -558,7 +575,7 @@ async def _report_on_signal(iface: _Runtime) -> None:
                     peer.rx_bytes,
                     peer.tx_bytes,
                 )
-            log.info("%s: %s", iface.device.name, drop_summary(iface.core, iface.device))
+            log.info("%s: %s", iface.device.name, drop_summary(iface.core))
 
 
 async def _stop_when_removed(

@@ -16,7 +16,10 @@ order:
   :class:`PacketDropped`.
 
 Dropped packets are always counted by reason in ``core.drops``
-(a ``dict[DropReason, int]``), whether or not they are also reported as events.
+(a ``dict[DropReason, int]``), and per peer where a peer is known
+(``peer.counters.drops``, :mod:`minivpn.wireguard.counters`), whether or not they are also
+reported as events.  A tracer, when one is attached, sees each of them with its context
+(:mod:`minivpn.wireguard.trace`).
 
 An *endpoint* is the ``(host, port)`` pair a UDP socket uses: the host is an IP address as text
 (``"192.0.2.1"``, ``"fd00::1"``), never a name: the runtime resolves names first.
@@ -90,6 +93,9 @@ class DropReason(enum.Enum):
     DISALLOWED_SOURCE = "disallowed_source"
     #: An outgoing packet whose destination is in no peer's allowed IPs.
     NO_ROUTE = "no_route"
+    #: The same for a multicast or broadcast destination: what the kernel sends on any link
+    #: (IPv6 router solicitations, MLD reports), which WireGuard, point to point, does not carry.
+    MULTICAST = "multicast"
     #: A datagram for a peer whose endpoint is not known yet.
     NO_ENDPOINT = "no_endpoint"
     #: A staged packet (waiting for a handshake) pushed out by a newer one: the queue is full.
@@ -107,6 +113,18 @@ class DropReason(enum.Enum):
     OVERSIZED_FRAME = "oversized_frame"
     #: ``Mode = tap``: a frame whose source MAC address is not in the sending peer's AllowedMACs.
     DISALLOWED_MAC = "disallowed_mac"
+    # The runtime's drops, counted by the core all the same (``core.note_drop``):
+    #: A datagram the kernel would not send: larger than the path's MTU (EMSGSIZE).
+    PACKET_TOO_BIG = "packet_too_big"
+    #: A datagram the kernel refused to send for another reason (no route to the endpoint, the
+    #: socket's buffer full, no socket of the endpoint's address family).
+    SEND_FAILED = "send_failed"
+    #: A decrypted packet not written to the TUN device: its link is down.
+    TUN_LINK_DOWN = "tun_link_down"
+    #: A decrypted packet the TUN device refused (EINVAL) or had no room for.
+    TUN_WRITE_FAILED = "tun_write_failed"
+    #: A read from the TUN device whose virtio-net header made no sense.
+    TUN_BAD_FRAME = "tun_bad_frame"
 
 
 @attrs.frozen
