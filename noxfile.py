@@ -61,6 +61,8 @@ def bench(session: nox.Session) -> None:
     if not session.posargs:
         session.run("python", "tests/bench/floor.py")
         session.run("python", "tests/bench/core_bench.py")
+        session.run("python", "tests/bench/l2_flood.py")
+        session.run("python", "tests/bench/trace_load.py")
         session.run("python", "tests/bench/attacks.py", "minivpn", "wireguard-go")
 
 

@@ -8,7 +8,9 @@ are skipped, or fail when ``MINIVPN_REQUIRE_NETNS=1`` says they must run (as in 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,6 +19,15 @@ import netns
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Background interfaces (``minivpn up``) log to a directory of the test run, never to
+    ``/var/log/minivpn``, which ``netns/isolate`` does not make private."""
+    if "MINIVPN_LOG_DIR" not in os.environ:
+        directory = tempfile.mkdtemp(prefix="minivpn-test-logs-")
+        os.environ["MINIVPN_LOG_DIR"] = directory
+        config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

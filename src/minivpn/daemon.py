@@ -32,9 +32,11 @@ Environment:
 
 * ``WG_PROCESS_FOREGROUND=1``: same as ``--foreground``.
 * ``LOG_LEVEL=verbose|error|silent`` (default ``error``): ``verbose`` logs everything, ``error``
-  only problems (errors and warnings), ``silent`` nothing.  A daemon keeps stdout and stderr
-  only when ``LOG_LEVEL`` is set and not ``silent``; otherwise they go to ``/dev/null``, as with
-  wireguard-go.
+  only problems (errors and warnings), ``silent`` nothing.  ``verbose`` includes every
+  handshake message and the drops that mean a misconfiguration, as ``minivpn up -v`` does;
+  ``debug`` (minivpn's own) adds every trace event, per packet too, as ``-vv`` does.  A daemon
+  keeps stdout and stderr only when ``LOG_LEVEL`` is set and not ``silent``; otherwise they go
+  to ``/dev/null``, as with wireguard-go.
 * ``MINIVPN_SOCKET_DIR``: put the socket somewhere else (``wg`` will not find it there).
 
 Differences from wireguard-go: wrong arguments exit with status 2 and a usage line (wireguard-go
@@ -53,6 +55,7 @@ from typing import TYPE_CHECKING
 from minivpn import __version__
 from minivpn.cli.closed_pipe import run_quietly_on_closed_pipe
 from minivpn.errors import MinivpnError
+from minivpn.logs import events_level
 from minivpn.runtime.interface import (
     Interface,
     open_interface,
@@ -140,7 +143,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if level <= logging.ERROR:
             print(f"minivpnd: {exc}", file=sys.stderr)
         return 1
-    _configure_logging(name, level)
+    _configure_logging(name, level, level_text)
     foreground = args.foreground or os.environ.get(FOREGROUND_ENV) == "1"
     try:
         drop = resolve_user(args.user, args.group)
@@ -176,11 +179,13 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _configure_logging(name: str, level: int) -> None:
+def _configure_logging(name: str, level: int, level_text: str | None) -> None:
     """Log to stderr, each line prefixed like wireguard-go's: ``minivpnd (wg0): ...``.
 
     *level* applies to minivpn's own loggers; the libraries it uses (pyroute2) only ever
-    show warnings, since their debugging output means nothing to a user.
+    show warnings, since their debugging output means nothing to a user.  The trace's events
+    (``minivpn.events``) are logged at ``verbose`` (handshakes, misconfiguration) and
+    ``debug`` (every event).
     """
     logging.basicConfig(
         level=max(level, logging.WARNING),
@@ -189,6 +194,10 @@ def _configure_logging(name: str, level: int) -> None:
         force=True,
     )
     logging.getLogger("minivpn").setLevel(level)
+    verbosity = {"verbose": 1, "debug": 2}.get(level_text or "", 0)
+    logging.getLogger("minivpn.events").setLevel(
+        events_level(verbosity) if level < _SILENT else level
+    )
 
 
 def _open(name: str) -> tuple[Interface, int]:

@@ -51,6 +51,7 @@ __all__ = [
     "NetconfError",
     "NetconfPermissionError",
     "add_address",
+    "add_bridge",
     "add_route",
     "add_veth",
     "addresses",
@@ -59,11 +60,14 @@ __all__ = [
     "del_address",
     "del_route",
     "link_index",
+    "link_mac",
     "link_state",
+    "neighbour_mac",
     "parse_interface",
     "parse_network",
     "set_gso_max_size",
     "set_link_up",
+    "set_master",
     "set_mtu",
 ]
 
@@ -226,6 +230,31 @@ def path_mtu(destination: str) -> int | None:
                 return None
             raise
         return _route_mtu(ipr, routes[0]) if routes else None
+
+
+def route_link(destination: str) -> str | None:
+    """The link a packet to *destination* leaves by, as ``ip route get DESTINATION`` shows it.
+
+    Returns:
+        Its name, or None when no route leaves by a link (unreachable, a blackhole).
+
+    Raises:
+        NetconfError: the lookup failed for another reason.
+    """
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with _netlink(f"look up the route to {destination}") as ipr:
+        try:
+            routes = ipr.route("get", dst=destination)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL):
+                return None
+            raise
+        index = routes[0].get_attr("RTA_OIF") if routes else None
+        if index is None:
+            return None
+        (link,) = ipr.get_links(index)
+        return str(link.get("IFLA_IFNAME"))
 
 
 def default_route_mtu() -> int | None:
@@ -548,3 +577,50 @@ def configure_link(
         )
         return False
     return True
+
+
+# --- layer 2: bridges and neighbours (minivpn demo --tap) ---------------------------------------
+
+
+def add_bridge(name: str) -> None:
+    """Create a Linux bridge *name* (down), like ``ip link add NAME type bridge``.
+
+    Raises:
+        NetconfPermissionError: no CAP_NET_ADMIN.
+        NetconfError: a link of that name exists, or the kernel refused.
+    """
+    with _netlink(f"create the bridge {name}") as ipr:
+        ipr.link("add", ifname=name, kind="bridge")
+
+
+def set_master(name: str, master: str) -> None:
+    """Make *name* a port of the bridge *master*, like ``ip link set NAME master MASTER``.
+
+    Raises:
+        NetconfPermissionError: no CAP_NET_ADMIN.
+        NetconfError: no such link, or the kernel refused.
+    """
+    with _netlink(f"put {name} into the bridge {master}") as ipr:
+        ipr.link("set", index=_index(ipr, name), master=_index(ipr, master))
+
+
+def link_mac(name: str) -> str:
+    """The MAC address of *name*, ``02:00:5e:10:00:01``, as ``ip link`` shows it.
+
+    Raises:
+        NetconfError: no such link.
+    """
+    with _netlink(f"read the MAC address of {name}") as ipr:
+        (link,) = ipr.get_links(_index(ipr, name))
+        return str(link.get_attr("IFLA_ADDRESS"))
+
+
+def neighbour_mac(address: str) -> str | None:
+    """The MAC address the neighbour table (ARP, IPv6 ND) holds for *address*, or None:
+    what ``ip neigh show ADDRESS`` prints after ``lladdr``."""
+    with _netlink(f"read the neighbour table for {address}") as ipr:
+        for entry in ipr.get_neighbours(dst=address):
+            mac = entry.get_attr("NDA_LLADDR")
+            if mac:
+                return str(mac)
+    return None

@@ -169,6 +169,32 @@ def _setup_minivpn_tunnel(
     return setup
 
 
+def _setup_minivpn_tap(
+    env: dict[str, str] | None = None,
+) -> Callable[[Topology, Namespace, Namespace, int], tuple[str, list[int]]]:
+    """``minivpn up`` with ``Mode = tap`` (layer 2) at both ends, the TAP devices' default MTU."""
+
+    def setup(topo: Topology, a: Namespace, b: Namespace, net: int) -> tuple[str, list[int]]:
+        keys = {"a": _keypair(), "b": _keypair()}
+        pids = []
+        for side, ns, other, peer_addr in (("a", a, "b", b.addr4), ("b", b, "a", a.addr4)):
+            config = Path(f"/run/ml{net}{side}.conf")
+            config.write_text(
+                "[Interface]\nMode = tap\n"
+                f"PrivateKey = {keys[side][0]}\nListenPort = {PORT}\n"
+                f"Address = 10.99.{net}.{1 if side == 'a' else 2}/24\n\n"
+                f"[Peer]\nPublicKey = {keys[other][1]}\nEndpoint = {peer_addr}:{PORT}\n"
+            )
+            config.chmod(0o600)
+            command = [*minivpn_cmd(), "up", str(config), "--foreground"]
+            proc = ns.popen(command, env={**os.environ, **(env or {})})
+            pids.append(proc.pid)
+            _wait_for(lambda config=config: Path(f"/var/run/wireguard/{config.stem}.sock").exists())
+        return f"10.99.{net}.2", pids
+
+    return setup
+
+
 #: Upstream wireguard-go 0.0.20250522 (TUN GSO/GRO offloads), the reference of the ratios;
 #: MINIVPN_WG_GO_2025 names another path.
 WG_GO_2025 = Path(
@@ -198,7 +224,11 @@ SETUPS = {
     "minivpn-off": Setup(
         "minivpn-off", 8, _setup_userspace_wireguard(_minivpnd, "mo", {"MINIVPN_OFFLOAD": "off"})
     ),
+    # Layer 2 (Mode = tap): minivpn up with a TAP device at both ends.
+    "minivpn-l2": Setup("minivpn-l2", 9, _setup_minivpn_tap()),
+    "minivpn-l2-off": Setup("minivpn-l2-off", 11, _setup_minivpn_tap({"MINIVPN_OFFLOAD": "off"})),
     "minivpn-tunnel-udp": Setup("minivpn-tunnel-udp", 3, _setup_minivpn_tunnel("udp")),
+    "minivpn-tunnel-tap": Setup("minivpn-tunnel-tap", 10, _setup_minivpn_tunnel("udp", "--tap")),
     "minivpn-tunnel-tcp": Setup("minivpn-tunnel-tcp", 4, _setup_minivpn_tunnel("tcp")),
     "minivpn-tunnel-udp-offload": Setup(
         "minivpn-tunnel-udp-offload", 5, _setup_minivpn_tunnel("udp", "--offload")

@@ -178,6 +178,37 @@ def test_demo_as_root_without_iperf3() -> None:
     check_nothing_left(result.stdout, tag, links_before)
 
 
+def test_demo_with_its_trace() -> None:
+    """``--trace``: the handshake as messages, then each echo request's way out and each
+    reply's way in, as A's ``minivpn trace`` printed them during the ping."""
+    links_before = link_names()
+    result = run([*DEMO, "--seconds", "0", "--trace"])
+    tag = check_success_without_throughput(result)
+    out = result.stdout
+    trace = out[out.index("What A did with each packet: minivpn trace ") : out.index("\n5. ")]
+    steps = [line.split()[1] for line in trace.splitlines()[1:] if line.strip()]
+    # The first packet: read, routed, an initiation, queued; the response, the session, sent.
+    assert steps[:8] == [
+        "tun-read", "route", "hs-out", "queued", "udp-in", "hs-in", "session", "data-out",
+    ]  # fmt: skip
+    assert "initiation to 198.51.100.2:51820" in trace
+    assert "10.99.0.2 is in allowed ips 10.99.0.2/32 of peer" in trace
+    # Each reply on its way in: decrypted, replay-checked, its source checked, written.
+    replies = re.findall(r"tun-write IP 10\.99\.0\.2 > 10\.99\.0\.1: ICMP echo reply", trace)
+    assert len(replies) == 3, trace
+    assert steps.count("decrypted") == steps.count("replay") == steps.count("source") == 3
+    check_nothing_left(out, tag, links_before)
+
+
+def check_success_without_throughput(result: subprocess.CompletedProcess[str]) -> str:
+    """check_success for a run with ``--seconds 0``."""
+    assert "7. Throughput: skipped (--seconds 0)" in result.stdout, result.stdout
+    skipped = result.stdout.replace(
+        "7. Throughput: skipped (--seconds 0)", "7. skipped\n   1.0 Mbit/s (received by B)"
+    )
+    return check_success(subprocess.CompletedProcess(result.args, 0, skipped, result.stderr))
+
+
 def masked(text: str, tag: str) -> list[str]:
     """*text* with what differs from run to run replaced: the demo's tag and the random part of
     its directory, keys, numbers, and where the documentation pages are."""

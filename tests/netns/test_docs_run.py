@@ -77,6 +77,15 @@ __docs_pause() {  # a job went to the background: wait until it has printed some
     done
     return 0
 }
+__docs_settle() {  # wait until the output has been still for 0.3 s (at most 9 s)
+    local size i
+    for ((i = 0; i < 30; i++)); do
+        size=$(stat -c %s "$DOCS_OUTPUT")
+        sleep 0.3
+        (( $(stat -c %s "$DOCS_OUTPUT") == size )) && return 0
+    done
+    return 0
+}
 """
 _BACKGROUND = re.compile(r"(?<![&|])&\s*(#.*)?$")
 
@@ -323,11 +332,18 @@ class Scene:
     # --- the three kinds of block -----------------------------------------------------------
 
     def run_script(self, block: Block) -> None:
-        lines = []
+        lines: list[str] = []
+        jobs = 0
         for line in block.text.splitlines():
-            lines.append(line)
             if _BACKGROUND.search(line):
-                lines.append("__docs_pause $!")
+                if jobs:
+                    # The last job's last words (a dump's summary, printed just after the
+                    # ping it saw) must not pass for this job's first: wait as a reader would.
+                    lines.append("__docs_settle")
+                jobs += 1
+                lines.extend((line, "__docs_pause $!"))
+            else:
+                lines.append(line)
         output = self.directory / "block.out"
         process = self.start(self.first, _PAUSE + "\n".join(lines), output)
         try:

@@ -96,3 +96,33 @@ def test_a_key_pasted_as_endpoint_is_not_shown_nor_resolved(
         assert pasted[start : start + 12] not in result.stderr + result.stdout
     assert not link_exists(ns, name)
     assert not (SOCKET_DIR / f"{name}.sock").exists()
+
+
+def test_up_refuses_a_log_file_that_is_a_symlink(ns: Namespace, tmp_path: Path) -> None:
+    name = "mvsafe3"
+    config = tmp_path / f"{name}.conf"
+    config.write_text(
+        f"[Interface]\nPrivateKey = {genkey().private}\nAddress = 10.97.1.1/24\n\n"
+        f"[Peer]\nPublicKey = {genkey().public}\nAllowedIPs = 10.97.1.2/32\n"
+    )
+    config.chmod(0o600)
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me\n")
+    trap = tmp_path / "up.log"
+    trap.symlink_to(target)
+    result = ns.run([*MINIVPN, "up", str(config), "--log-file", str(trap)], check=False, timeout=60)
+    line = assert_clean_failure(result)
+    assert f"refusing to write the log to {trap}: it is a symbolic link" in line, line
+    assert target.read_bytes() == b"keep me\n"
+    assert not link_exists(ns, name)
+    assert not (SOCKET_DIR / f"{name}.sock").exists()
+    # A real file: appended to, and private.
+    log = tmp_path / "real.log"
+    log.write_bytes(b"earlier\n")
+    log.chmod(0o644)
+    up = ns.run([*MINIVPN, "up", str(config), "--log-file", str(log)], check=False, timeout=60)
+    assert up.returncode == 0, up.stderr
+    down = ns.run([*MINIVPN, "down", name], check=False, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert log.read_bytes().startswith(b"earlier\n")

@@ -6,13 +6,16 @@ Each sub-command lives in its own module of this package and exposes
 errors to exit codes: a :class:`~minivpn.errors.MinivpnError` becomes one line on stderr, and
 a reader that stops reading (``minivpn tun list | head -1``) ends the command quietly
 (:mod:`minivpn.cli.closed_pipe`).  ``minivpn`` alone prints the list of commands.
+
+``-v`` and ``-q`` are accepted anywhere, before or after the sub-command and its arguments
+(``minivpn up -v wg0.conf``, ``minivpn -v up wg0.conf``); they add up, and :mod:`minivpn.logs`
+says what each level shows.  The handler finds the result in ``args.verbosity``.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Callable, Sequence
 
@@ -20,10 +23,11 @@ from minivpn import __version__
 from minivpn.cli import argtypes
 from minivpn.cli.closed_pipe import discard_closed_output, run_quietly_on_closed_pipe
 from minivpn.errors import MinivpnError
+from minivpn.logs import configure_logging
 from minivpn.tuntap.errors import ModeMismatch
 
 #: Sub-command modules, in the order ``minivpn --help`` lists them.
-COMMAND_MODULES = ("tun", "dump", "tunnel", "keys", "show", "up", "demo")
+COMMAND_MODULES = ("tun", "dump", "tunnel", "keys", "show", "up", "trace", "doctor", "demo")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -35,16 +39,74 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class _Tally:
+    """The count of ``-v`` minus the count of ``-q``, wherever they stood."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class _Verbosity(argparse.Action):
+    """``-v`` or ``-q``, counted in a :class:`_Tally` shared by every (sub-)parser.
+
+    argparse parses a sub-command into a namespace of its own and then copies every value over
+    the main one, so a count kept in the namespace would lose the ``-v`` given before the
+    sub-command.  The tally lives outside the namespaces instead.
+    """
+
+    def __init__(
+        self, option_strings: list[str], dest: str, *, tally: _Tally, step: int, help: str
+    ) -> None:
+        super().__init__(
+            option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, help=help
+        )
+        self.tally = tally
+        self.step = step
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        self.tally.value += self.step
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, tally: _Tally, done: set[int]) -> None:
+    """Give *parser* and each of its sub-command parsers ``-v`` and ``-q``."""
+    if id(parser) in done:
+        return
+    done.add(id(parser))
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action=_Verbosity,
+        tally=tally,
+        step=1,
+        help="more log output: -v handshakes and misconfiguration, -vv every packet, "
+        "-vvv the libraries' debugging too",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action=_Verbosity, tally=tally, step=-1, help="only warnings and errors"
+    )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_verbosity(child, tally, done)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Build the full ``minivpn`` argument parser."""
+    """Build the full ``minivpn`` argument parser.
+
+    The verbosity the command line asks for is counted in ``parser.verbosity.value`` as it is
+    parsed (``_main`` puts it in ``args.verbosity``).
+    """
     parser = _Parser(
         prog="minivpn",
         description="A small, readable userspace VPN for Linux: TUN/TAP, tunnels, WireGuard.",
     )
     parser.add_argument("--version", action="version", version=f"minivpn {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (repeat for debug)"
-    )
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=_Parser, title="commands"
     )
@@ -52,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"minivpn.cli.{name}")
         module.register(sub)
+    tally = _Tally()
+    _add_verbosity(parser, tally, set())
+    parser.verbosity = tally  # type: ignore[attr-defined]
     return parser
 
 
@@ -63,11 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,
-        format="minivpn: %(message)s",
-        stream=sys.stderr,
-    )
+    args.verbosity = parser.verbosity.value  # type: ignore[attr-defined]
+    configure_logging(args.verbosity)
     handler: Handler = args.func
     try:
         return handler(args)

@@ -16,6 +16,11 @@ from ``wg`` reads the same here::
       transfer: 1.46 KiB received, 2.02 KiB sent
       persistent keepalive: every 25 seconds
 
+minivpn adds one line of its own, ``drops:``, to the interface and to each peer that dropped
+anything: the count, then the counts by reason (``drops: 5 (no_route 3, unknown_peer 2)``).  It
+appears only for a minivpn daemon that has dropped something (wireguard-go sends no such
+counters), so for everything else the text is ``wg show``'s, byte for byte.
+
 Peers come most recent handshake first, as in ``wg show``.  On a terminal the text has
 ``wg``'s colours, byte for byte (wireguard-tools ``terminal.h``: names bold, the interface
 green, peers yellow, units cyan); not on a pipe or file, nor with ``NO_COLOR`` set (not empty).
@@ -40,6 +45,7 @@ name.  Its shape is stable::
       "public_key": "<base64>" | null,          # null: no private key set
       "listen_port": 51820,                     # 0: not listening
       "fwmark": 4660 | null,                    # null: off
+      "drops": {"no_route": 3},                 # minivpn's drops by reason ({} otherwise)
       "peers": [                                # the order of the text output
         {
           "public_key": "<base64>",
@@ -49,13 +55,41 @@ name.  Its shape is stable::
           "latest_handshake": 1700000000 | null,  # Unix time in seconds; null: never
           "rx_bytes": 1495,
           "tx_bytes": 2068,
-          "persistent_keepalive": 25 | null       # seconds; null: off
+          "persistent_keepalive": 25 | null,      # seconds; null: off
+          "drops": {"disallowed_source": 2},      # minivpn's drops for this peer ({} otherwise)
+          "counters": {"initiations_sent": 1, ...}  # minivpn's other counters ({} otherwise):
+                                                  # initiations_sent, initiations_received,
+                                                  # responses_sent, responses_received,
+                                                  # cookie_replies_received, keepalives_sent,
+                                                  # keepalives_received, rx_data_bytes,
+                                                  # tx_data_bytes
         }
       ]
     }
 
 Addresses are written as ``wg`` writes them (the C library's ``inet_ntop``), so the values
 equal those of ``wg show NAME dump``.
+
+**A minivpn extension: layer 2.**  An interface in ``Mode = tap`` (docs/l2.md) also shows its
+mode, each peer's ``AllowedMACs`` and the learning switch's MAC table, labelled as minivpn's
+(``wg show`` prints none of it: it skips the UAPI keys it does not know)::
+
+    interface: l2hub
+      ...
+      mode: tap (layer 2, a minivpn extension)
+
+    peer: Qz7y...=
+      ...
+      allowed macs: 02:11:00:00:00:00/24
+
+    mac table (minivpn extension, Mode = tap):
+      02:11:00:00:00:b0  peer Qz7y...=  4 s
+      02:44:00:00:00:01  this tap device  0 s
+
+and in ``--json``, for such an interface only, three more keys: ``"mode": "tap"``, per peer
+``"allowed_macs": ["02:11:00:00:00:00/24"]`` (empty: any source) and
+``"mac_table": [{"mac": "02:11:00:00:00:b0", "peer": "<base64>" | null, "age": 4}]`` (``null``:
+behind the interface's own TAP device; ``age`` in seconds since a frame from it).
 """
 
 from __future__ import annotations
@@ -70,7 +104,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
     from minivpn.wireguard.uapi import DeviceSnapshot, PeerSnapshot
 
@@ -78,6 +112,7 @@ __all__ = [
     "FIELDS",
     "device_json",
     "format_device",
+    "format_drops",
     "format_field",
     "register",
     "run",
@@ -244,6 +279,11 @@ def format_device(name: str, snapshot: DeviceSnapshot, now: int, *, color: bool 
         field("listening port", str(snapshot.listen_port))
     if snapshot.fwmark:
         field("fwmark", f"{snapshot.fwmark:#x}")
+    tap = snapshot.mode == "tap"
+    if tap:
+        field("mode", "tap (layer 2, a minivpn extension)")
+    if snapshot.drops:
+        field("drops", format_drops(snapshot.drops))
     for peer in _sorted_peers(snapshot):
         lines.append("")
         lines.append(
@@ -267,8 +307,31 @@ def format_device(name: str, snapshot: DeviceSnapshot, now: int, *, color: bool 
             field("transfer", f"{received} received, {sent} sent")
         if peer.persistent_keepalive_interval:
             field("persistent keepalive", f"every {_duration(peer.persistent_keepalive_interval)}")
+        if tap and peer.allowed_macs:
+            field("allowed macs", ", ".join(peer.allowed_macs))
+        if peer.drops:
+            field("drops", format_drops(peer.drops))
+    if tap:
+        lines.append("")
+        lines.append(f"{_BOLD}mac table{_RESET} (minivpn extension, Mode = tap):")
+        for entry in snapshot.mac_table:
+            behind = (
+                "this tap device"
+                if entry.public_key is None
+                else "peer " + entry.public_key.to_base64()
+            )
+            lines.append(f"  {entry.mac}  {behind}  {entry.age} s")
+        if not snapshot.mac_table:
+            lines.append("  (empty)")
     text = "\n".join(lines) + "\n"
     return text if color else strip_colors(text)
+
+
+def format_drops(drops: Iterable[tuple[str, int]]) -> str:
+    """``5 (no_route 3, unknown_peer 2)``: the total, then each reason, most first."""
+    counts = sorted(drops, key=lambda item: (-item[1], item[0]))
+    total = sum(count for _, count in counts)
+    return f"{total} (" + ", ".join(f"{reason} {count}" for reason, count in counts) + ")"
 
 
 def strip_colors(text: str) -> str:
@@ -401,11 +464,12 @@ def device_json(name: str, snapshot: DeviceSnapshot) -> dict[str, Any]:
     """The documented JSON object for one interface (no private or preshared key in it)."""
     key = snapshot.private_key
     public_key = key.public_key().to_base64() if key is not None and not key.is_zero() else None
-    return {
+    shown: dict[str, Any] = {
         "name": name,
         "public_key": public_key,
         "listen_port": snapshot.listen_port,
         "fwmark": snapshot.fwmark or None,
+        "drops": dict(snapshot.drops),
         "peers": [
             {
                 "public_key": peer.public_key.to_base64(),
@@ -417,7 +481,22 @@ def device_json(name: str, snapshot: DeviceSnapshot) -> dict[str, Any]:
                 "rx_bytes": peer.rx_bytes,
                 "tx_bytes": peer.tx_bytes,
                 "persistent_keepalive": peer.persistent_keepalive_interval or None,
+                "drops": dict(peer.drops),
+                "counters": dict(peer.counters),
             }
             for peer in _sorted_peers(snapshot)
         ],
     }
+    if snapshot.mode == "tap":  # minivpn's layer-2 extension (docs/l2.md)
+        shown["mode"] = "tap"
+        for peer_json, peer in zip(shown["peers"], _sorted_peers(snapshot), strict=True):
+            peer_json["allowed_macs"] = list(peer.allowed_macs)
+        shown["mac_table"] = [
+            {
+                "mac": entry.mac,
+                "peer": entry.public_key.to_base64() if entry.public_key is not None else None,
+                "age": entry.age,
+            }
+            for entry in snapshot.mac_table
+        ]
+    return shown

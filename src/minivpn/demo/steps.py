@@ -8,7 +8,8 @@
    the two configuration files, mode 0600 in a private directory that is deleted at the end);
 3. ``python -m minivpn up CONF --foreground`` in each namespace
    (:class:`~minivpn.demo.processes.Runner`);
-4. ``ping`` from A to B's inner address, through the tunnel;
+4. ``ping`` from A to B's inner address, through the tunnel; with ``--trace``, what
+   ``minivpn trace`` saw A do with each packet meanwhile, the handshake first;
 5. a small helper in B (:mod:`minivpn.demo.helpers`) reads B's WireGuard device with an
    ``AF_PACKET`` socket and prints the decrypted packets it sees, decoded by
    :func:`minivpn.framing.summary.summarize`;
@@ -98,11 +99,13 @@ class DemoOptions:
         pings: echo requests sent from A to B.
         seconds: length of the throughput test; 0 skips it.
         use_iperf3: measure with iperf3 when it is installed (else a small Python TCP test).
+        trace: run ``minivpn trace`` on A during the ping and show what it printed.
     """
 
     pings: int = 3
     seconds: float = 3.0
     use_iperf3: bool = True
+    trace: bool = False
 
 
 @attrs.frozen
@@ -272,9 +275,21 @@ def _run_steps(
     )
     wait_for_output(runner, capture, "ready", what="the packet capture in B")
 
+    trace = None
+    if options.trace:  # attached before the first packet, so that it sees the handshake
+        trace_command = ["trace", a.interface, "--peer", b.public_key.to_base64()]
+        trace = runner.start(
+            namespaces["A"], "trace-a", [sys.executable, "-m", "minivpn", *trace_command]
+        )
+        wait_for_output(runner, trace, "Ctrl-C to stop", what="minivpn trace in A")
+
     ping = ["ping", "-n", "-c", str(options.pings), "-i", "0.2", "-W", "2", str(b.inner.ip)]
     say(f"\n4. Ping from A to B through the tunnel: {' '.join(ping)}")
     received = _ping(runner, namespaces["A"], ping, options.pings, say)
+    if trace is not None:
+        say(f"\n   What A did with each packet: minivpn {' '.join(trace_command)}")
+        for line in _collect_trace(runner, trace):
+            say(f"   {line}")
     if received == 0:
         raise DemoError(
             f"no echo reply came back through the tunnel from {b.inner.ip}; "
@@ -454,6 +469,25 @@ def _ping(
     if match is None:
         raise DemoError(f"ping failed (status {result.returncode}): {result.stderr.strip()}")
     return int(match.group(1))
+
+
+def _collect_trace(runner: Runner, trace: subprocess.Popen[bytes]) -> list[str]:
+    """The lines ``minivpn trace`` printed, once the last events have reached it.
+
+    The interface hands events to the trace every 50 ms; a second later, Ctrl-C (SIGINT)
+    ends the trace, which prints its count of events on standard error: that line, and the
+    one it began with, are not events and are left out.
+    """
+    time.sleep(1.0)
+    with contextlib.suppress(ProcessLookupError):
+        trace.send_signal(signal.SIGINT)
+    try:
+        trace.wait(timeout=3.0)
+    except subprocess.TimeoutExpired:
+        stop(trace)
+    lines = runner.output(trace).splitlines()
+    events = [line for line in lines if line.strip() and not line.startswith("minivpn: ")]
+    return events or ["(no events: the trace saw nothing)"]
 
 
 def _collect_capture(runner: Runner, capture: subprocess.Popen[bytes]) -> list[str]:

@@ -2,7 +2,8 @@
 
 An interface is three kernel objects and one process::
 
-    the UAPI socket   /var/run/wireguard/NAME.sock, where ``wg`` configures it
+    the UAPI socket   /var/run/wireguard/NAME.sock, where ``wg`` configures it (and
+                      NAME.trace beside it, where ``minivpn trace`` reads events)
     the TUN device    NAME, with its MTU, addresses and routes (the routes and addresses belong
                       to the device: the kernel removes them when the device goes)
     the UDP sockets   bound by the runtime (:func:`minivpn.runtime.vpn.run_interface`)
@@ -12,7 +13,8 @@ The steps, in order, and why in that order:
 
 1. **Prepare, synchronously, before trio starts** (:func:`open_interface`).  The UAPI socket
    first: if another process serves this interface, the user learns "already running" rather
-   than a vaguer "name in use".  Then the TUN device; then (``minivpn up`` only) MTU,
+   than a vaguer "name in use"; the trace socket beside it (``NAME.trace``,
+   :mod:`minivpn.runtime.trace_server`).  Then the TUN device; then (``minivpn up`` only) MTU,
    addresses, link up and routes, as wg-quick sets them
    (:func:`~minivpn.runtime.wgquick.apply_link_settings`).  Any failure undoes what was made.
 2. **Daemonise** (:func:`~minivpn.runtime.process.daemonize`), unless running in the
@@ -57,6 +59,7 @@ from minivpn.runtime.privileges import (
     start_janitor,
 )
 from minivpn.runtime.process import STOP_SIGNALS, NotPrivileged, trim_heap
+from minivpn.runtime.trace_server import TraceSocket, prepare_trace_socket
 from minivpn.runtime.uapi_server import UapiSocket, prepare_socket, socket_path
 from minivpn.tuntap.aio import TunDevice
 from minivpn.tuntap.device import get_features, open_device
@@ -111,6 +114,7 @@ class Interface:
         uapi: the listening UAPI socket and its file.
         device_config: what the device was attached as (TUN, no PI, virtio-net header).
         device_flags: the flags the kernel reported when attaching.
+        trace: the trace socket beside the UAPI socket (``minivpn trace``), or None.
     """
 
     name: str
@@ -118,6 +122,7 @@ class Interface:
     device_config: DeviceConfig
     device_flags: int
     _fd: int
+    trace: TraceSocket | None = None
 
     def take_device(self) -> TunDevice:
         """The TUN device as a trio object; it now owns (and will close) the file.
@@ -138,6 +143,8 @@ class Interface:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
+        if self.trace is not None:
+            self.trace.close()
         self.uapi.close()
 
     def __enter__(self) -> Interface:
@@ -148,7 +155,11 @@ class Interface:
 
 
 def open_interface(
-    name: str, *, exclusive: bool, socket_dir: str | os.PathLike[str] | None = None
+    name: str,
+    *,
+    exclusive: bool,
+    socket_dir: str | os.PathLike[str] | None = None,
+    mode: Mode = Mode.TUN,
 ) -> Interface:
     """Create the UAPI socket and the TUN device of interface *name*.
 
@@ -158,6 +169,8 @@ def open_interface(
             an existing persistent TUN device, as wireguard-go does (``minivpnd``).
         socket_dir: the socket directory; :func:`~minivpn.runtime.uapi_server.default_socket_dir`
             when None.
+        mode: ``Mode.TAP`` for an interface in ``Mode = tap`` (layer 2): a TAP device (with a
+            virtio-net header unless offloads are off, for merged writes: frame_engine.py).
 
     Returns:
         Both, ready; nothing is left behind on failure.
@@ -174,8 +187,14 @@ def open_interface(
     vnet_hdr = offload_mode() is not OffloadMode.OFF and bool(get_features() & IFF_VNET_HDR)
     uapi = prepare_socket(name, socket_dir)
     try:
-        fd, actual_name, flags = open_device(name, Mode.TUN, vnet_hdr=vnet_hdr, exclusive=exclusive)
+        trace = prepare_trace_socket(uapi.path)
+    except BaseException:
+        uapi.close()
+        raise
+    try:
+        fd, actual_name, flags = open_device(name, mode, vnet_hdr=vnet_hdr, exclusive=exclusive)
     except DeviceBusy as exc:
+        trace.close()
         uapi.close()
         if exclusive:
             raise
@@ -184,17 +203,19 @@ def open_interface(
             "attached to it"
         ) from exc
     except NotATunDevice as exc:
+        trace.close()
         uapi.close()
         raise NotATunDevice(
             f"cannot create {name}: a network device of that name exists and is not a TUN device"
         ) from exc
     except BaseException:
+        trace.close()
         uapi.close()
         raise
     config = DeviceConfig(
-        name=actual_name, mode=Mode.TUN, pi=False, multi_queue=False, vnet_hdr=vnet_hdr
+        name=actual_name, mode=mode, pi=False, multi_queue=False, vnet_hdr=vnet_hdr
     )
-    return Interface(name, uapi, config, flags, fd)
+    return Interface(name, uapi, config, flags, fd, trace)
 
 
 # --- running --------------------------------------------------------------------------------------
@@ -229,8 +250,11 @@ def serve_until_stopped(
     # created the socket and exited after daemonising.
     interface.uapi.listener.listen(socket.SOMAXCONN)
     if drop is not None and drop.switches_user:
-        # The new user cannot remove the socket file: a janitor will (runtime/privileges.py).
-        start_janitor([(interface.uapi.path, interface.uapi.file_id)])
+        # The new user cannot remove the socket files: a janitor will (runtime/privileges.py).
+        files = [(interface.uapi.path, interface.uapi.file_id)]
+        if interface.trace is not None:
+            files.append((interface.trace.path, interface.trace.file_id))
+        start_janitor(files)
     try:
         trio.run(_serve, interface, build_core, readiness, drop)
     except* DeviceGone:
@@ -263,7 +287,10 @@ async def _serve(
                         return
 
                 async def run(*, task_status: trio.TaskStatus[None]) -> None:
-                    await run_interface(device, core, interface.uapi, task_status=task_status)
+                    trace = interface.trace.listener if interface.trace is not None else None
+                    await run_interface(
+                        device, core, interface.uapi, trace_listener=trace, task_status=task_status
+                    )
                     nursery.cancel_scope.cancel()  # the socket file was removed
 
                 nursery.start_soon(stop_on_signal)

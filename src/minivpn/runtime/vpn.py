@@ -14,6 +14,7 @@ The runtime decides *when* things happen and moves bytes; the core decides *what
         │                         cookie reply), in slices with a CPU budget
         ├── timers                sleep until core.next_deadline() -> core.handle_timer(now)
         ├── serve_uapi            `wg` talks to /var/run/wireguard/NAME.sock
+        ├── run_trace             `minivpn trace` reads NAME.trace; the log at -v (trace_server)
         ├── stop_when_removed     the socket file removed -> the interface stops
         ├── watch_link            link up/down, MTU
         └── report_on_signal      SIGUSR1 -> counters in the log
@@ -63,11 +64,13 @@ import trio
 from minivpn.framing.offload import VNET_HDR_LEN, ZERO_VNET_HDR, OffloadError
 from minivpn.offload_engine import MAX_DATAGRAM, OffloadEngine, lazy_buffer
 from minivpn.runtime import sticky
+from minivpn.runtime.trace_server import run_trace
 from minivpn.runtime.uapi_server import UapiSocket, serve_uapi, watch_socket_path
 from minivpn.tuntap.aio import READ_SIZE
 from minivpn.tuntap.device import get_txqueuelen, set_txqueuelen
 from minivpn.tuntap.errors import TunError
-from minivpn.tuntap.ioctl import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD
+from minivpn.tuntap.ioctl import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUNSETOFFLOAD, Mode
+from minivpn.wireguard.diagnosis import peer_failure_cause
 from minivpn.wireguard.events import (
     Action,
     DropReason,
@@ -75,6 +78,8 @@ from minivpn.wireguard.events import (
     HandshakeCompleted,
     HandshakeFailed,
     ListenPortChanged,
+    MacMoved,
+    ModeMismatch,
     SendDatagram,
 )
 from minivpn.wireguard.handshake_queue import HandshakeQueue, is_handshake_message
@@ -178,6 +183,7 @@ class _Runtime:
         self.frame = lazy_buffer(VNET_HDR_LEN + MAX_DATAGRAM)
         self.read_into = [self.frame]  # os.readv's argument, built once
         self.bad_frames = 0  # reads whose virtio-net header made no sense
+        self.mismatched: set[PublicKey] = set()  # peers whose Mode differs, logged once each
 
     def bind(self, port: int) -> None:
         """Open the IPv4 and IPv6 UDP sockets on *port* (any free port if 0).
@@ -234,13 +240,22 @@ class _Runtime:
             elif isinstance(action, HandshakeCompleted):
                 log.info("handshake with peer %s completed", _short(action.public_key))
             elif isinstance(action, HandshakeFailed):
+                peer = self.core.peers.get(action.public_key)
+                cause = peer_failure_cause(peer, self.core.public_key) if peer else "removed"
                 log.info(
-                    "no handshake with peer %s after %d attempts",
+                    "no handshake with peer %s after %d attempts, giving up: %s",
                     _short(action.public_key),
                     action.attempts,
+                    cause,
                 )
             elif isinstance(action, ListenPortChanged | FwmarkChanged):
                 rebind = True  # `wg setconf` sends both: rebind once, after the batch
+            elif isinstance(action, MacMoved):
+                mac = action.mac.hex(":")
+                log.info("MAC %s moved from %s to %s", mac, _port(action.old), _port(action.new))
+            elif isinstance(action, ModeMismatch) and action.public_key not in self.mismatched:
+                self.mismatched.add(action.public_key)
+                log.warning("%s", _mismatch(action))
         if rebind:
             self.restart_sockets()
         self.poke_timers()
@@ -248,11 +263,18 @@ class _Runtime:
     def send_one(self, data: bytes | bytearray | memoryview, endpoint: tuple[str, int]) -> None:
         sock = self.socket_for(endpoint)
         if sock is None:
+            self.core.note_drop(DropReason.SEND_FAILED)  # no socket of that address family
             return
         try:
             sticky.send(sock, data, endpoint)
         except OSError as exc:
-            _log_send_error(exc, endpoint)
+            self.send_failed(exc, endpoint)
+
+    def send_failed(self, exc: OSError, endpoint: tuple[str, int]) -> None:
+        """A send the kernel refused: count it under its reason, say why if it is news."""
+        too_big = exc.errno == errno.EMSGSIZE
+        self.core.note_drop(DropReason.PACKET_TOO_BIG if too_big else DropReason.SEND_FAILED)
+        _log_send_error(exc, endpoint)
 
     def restart_sockets(self) -> None:
         """Apply a new listen port or fwmark.
@@ -305,7 +327,7 @@ class _Runtime:
             if self.handshakes.offer(source, datagram, now):
                 self.handshake_wakeup.set()
             else:
-                self.core.count_drop(DropReason.HANDSHAKE_QUEUE_FULL)
+                self.core.note_drop(DropReason.HANDSHAKE_QUEUE_FULL)
         else:
             self.core.decapsulate(source, datagram, self.scratch, now)
 
@@ -324,7 +346,9 @@ class _Runtime:
             self._write_refused(down_before)
 
     def _write_refused(self, down_before: int) -> None:
-        if self.link_up and self.device.stats.dropped_link_down != down_before:
+        link_down = self.device.stats.dropped_link_down != down_before
+        self.core.note_drop(DropReason.TUN_LINK_DOWN if link_down else DropReason.TUN_WRITE_FAILED)
+        if self.link_up and link_down:
             self.link_up = False
             log.info("link %s is down: dropping packets for it", self.device.name)
 
@@ -332,6 +356,7 @@ class _Runtime:
         """Send back-to-back datagrams of ``size`` bytes with one ``sendmsg`` (UDP GSO)."""
         sock = self.socket_for(endpoint)
         if sock is None:
+            self.core.note_drop(DropReason.SEND_FAILED)  # no socket of that address family
             return
         end = len(datagrams)
         try:
@@ -350,7 +375,7 @@ class _Runtime:
                 self.gso = False
                 self.send_train(datagrams, size, endpoint)
             else:
-                _log_send_error(exc, endpoint)
+                self.send_failed(exc, endpoint)
 
     def drain_tun(self, now: float) -> None:
         """Read the TUN device until it is empty (or BATCH reads), through the engine.
@@ -381,6 +406,7 @@ class _Runtime:
                 engine.packets_from_tun(frame[:size], now)
             except OffloadError as exc:
                 self.bad_frames += 1
+                self.core.note_drop(DropReason.TUN_BAD_FRAME)
                 log.debug("dropped a read from %s: %s", self.device.name, exc)
         engine.send_trains()
         actions = self.core.take_actions()
@@ -393,6 +419,24 @@ class _Runtime:
 def _short(key: PublicKey) -> str:
     """A public key as logs show it: the first 8 characters of its base64."""
     return key.to_base64()[:8] + "…"
+
+
+def _port(key: PublicKey | None) -> str:
+    """A port of the layer-2 switch, for the log: a peer, or the TAP device (None)."""
+    return "this TAP device" if key is None else f"peer {_short(key)}"
+
+
+def _mismatch(event: ModeMismatch) -> str:
+    if event.received == "packet":
+        return (
+            f"peer {_short(event.public_key)} sends IP packets, but this interface is in "
+            "Mode = tap (Ethernet frames, a minivpn extension): the peer must be minivpn with "
+            "Mode = tap too; dropping them"
+        )
+    return (
+        f"peer {_short(event.public_key)} sends Ethernet frames (it is minivpn in Mode = tap), "
+        "but this interface carries IP packets: give both ends the same Mode; dropping them"
+    )
 
 
 def _udp_socket(family: int, address: tuple[Any, ...], fwmark: int, gro: bool) -> socket.socket:
@@ -431,6 +475,7 @@ async def run_interface(
     uapi_listener: socket.socket | UapiSocket | None,
     *,
     socket_path: str | os.PathLike[str] | None = None,
+    trace_listener: socket.socket | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one interface until cancelled or until its UAPI socket file is removed.
@@ -443,6 +488,7 @@ async def run_interface(
             gives the path to watch), a listening UNIX socket, or None.
         socket_path: the UAPI socket's path, if not given by *uapi_listener*; when the file
             goes, the interface stops.
+        trace_listener: the listening trace socket (``minivpn trace``), or None.
         task_status: ``started()`` once the sockets are bound.
 
     Raises:
@@ -454,7 +500,13 @@ async def run_interface(
         socket_path, file_id = uapi_listener.path, uapi_listener.file_id
         handle = uapi_listener.handle
         uapi_listener = uapi_listener.listener
-    iface = _Runtime(device, core)
+    if device.config.mode is Mode.TAP:  # layer 2 (Mode = tap): frames through the switch
+        from minivpn.runtime import frames
+
+        batched = offload_mode() is not OffloadMode.OFF
+        iface: _Runtime = frames.FrameRuntime(device, core, batched=batched)
+    else:
+        iface = _Runtime(device, core)
     with contextlib.suppress(TunError):
         core.mtu = device.mtu()
         if get_txqueuelen(device.name) == TUN_DEFAULT_QUEUE:  # nobody chose a length
@@ -462,7 +514,15 @@ async def run_interface(
     iface.bind(core.listen_port)
     device_to_network: Callable[[_Runtime], Awaitable[None]]
     network_to_device: Callable[[_Runtime, socket.socket], Awaitable[None]]
-    if iface.offloaded:
+    if device.config.mode is Mode.TAP and iface.offloaded:
+        log.info("data path: Ethernet frames through the frame engine (Mode = tap)")
+        device_to_network = frames.batched_device_to_network
+        network_to_device = frames.batched_network_to_device
+    elif device.config.mode is Mode.TAP:
+        log.info("data path: Ethernet frames, one at a time (Mode = tap)")
+        device_to_network = frames.device_to_network
+        network_to_device = frames.network_to_device
+    elif iface.offloaded:
         if offload_mode() is not OffloadMode.TSO:
             log.info("data path: the offload engine")
         elif _enable_tso(device):
@@ -483,6 +543,7 @@ async def run_interface(
             nursery.start_soon(_timers, iface)
             nursery.start_soon(_watch_link, iface)
             nursery.start_soon(_report_on_signal, iface)
+            nursery.start_soon(run_trace, core, device.name, trace_listener)
             if uapi_listener is not None:
                 nursery.start_soon(serve_uapi, uapi_listener, iface)
             if socket_path is not None:
@@ -497,13 +558,9 @@ async def run_interface(
             sock.close()
 
 
-def drop_summary(core: WireGuardCore, device: TunDevice) -> str:
-    """``dropped N (reason n, ...)``: what the core and the device dropped, by reason."""
+def drop_summary(core: WireGuardCore) -> str:
+    """``dropped N (reason n, ...)``: what the core and the runtime dropped, by reason."""
     reasons = {reason.value: n for reason, n in core.drops.items() if n}
-    for field in ("dropped_link_down", "dropped_invalid", "dropped_would_block"):
-        count = getattr(device.stats, field)
-        if count:
-            reasons["device_" + field.removeprefix("dropped_")] = count
     detail = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
     return f"dropped {sum(reasons.values())}" + (f" ({detail})" if detail else "")
 
@@ -520,7 +577,7 @@ async def _report_on_signal(iface: _Runtime) -> None:
                     peer.rx_bytes,
                     peer.tx_bytes,
                 )
-            log.info("%s: %s", iface.device.name, drop_summary(iface.core, iface.device))
+            log.info("%s: %s", iface.device.name, drop_summary(iface.core))
 
 
 async def _stop_when_removed(

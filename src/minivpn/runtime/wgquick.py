@@ -299,6 +299,7 @@ def apply_link_settings(
     endpoints: Sequence[str] = (),
     addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...] = (),
     routes: RoutePlan | None = None,
+    overhead: int = 0,
 ) -> None:
     """Set the MTU, add the addresses, bring the link up and add the routes (in that order).
 
@@ -317,6 +318,10 @@ def apply_link_settings(
         endpoints: see *mtu*.
         addresses: the interface's addresses.
         routes: the routes for the peers' allowed IPs, if any.
+        overhead: bytes to take off the MTU wg-quick would choose, beyond its 80: 16 for a TAP
+            device (``Mode = tap``: the Ethernet header and minivpn's frame header,
+            :data:`~minivpn.wireguard.ethernet.TAP_OVERHEAD`), so that a whole frame fits one
+            datagram.
 
     Raises:
         MinivpnError: the kernel refused something (the message says what).
@@ -325,7 +330,7 @@ def apply_link_settings(
     def configure() -> None:
         from minivpn import netconf  # only ever imported in the child
 
-        netconf.set_mtu(name, mtu if mtu is not None else wg_quick_mtu(endpoints))
+        netconf.set_mtu(name, mtu if mtu is not None else wg_quick_mtu(endpoints) - overhead)
         for address in addresses:
             netconf.add_address(name, str(address))
         netconf.set_link_up(name)

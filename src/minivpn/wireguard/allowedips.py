@@ -277,6 +277,24 @@ class AllowedIPs(Generic[PeerT]):
                 return peer
         return None
 
+    def lookup_prefix(self, address: bytes) -> tuple[Prefix, PeerT] | None:
+        """The longest prefix that contains *address*, and its peer; None if none does.
+
+        What :meth:`lookup` answers, with the prefix that decided it: for traces and
+        diagnoses, not for the per-packet path.
+        """
+        family = self._by_address_length.get(len(address))
+        if family is None:
+            return None
+        value = int.from_bytes(address, "big")
+        for shift, table in family.search_order:
+            bits = value >> shift
+            peer = table.get(bits)
+            if peer is not None:
+                key = (len(address), family.width - shift, bits)
+                return self._entries[id(peer)][key], peer
+        return None
+
     def __len__(self) -> int:
         """The number of prefixes in the table."""
         return sum(len(entries) for entries in self._entries.values())

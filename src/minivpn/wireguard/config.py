@@ -26,6 +26,13 @@ Two programs read these files, and this module follows both:
   entry that is not an IP address is a search domain.  The hook commands are shell code, so for
   them ``#`` is *not* a comment: the value is the rest of the raw line (as wg-quick does).
 
+And minivpn adds two keys of its own for layer-2 mode (docs/l2.md), which neither ``wg`` nor
+``wg-quick`` knows (both refuse such a file: an L3 tool cannot run it by mistake):
+``Mode = tun | tap`` in ``[Interface]`` (``tun``, WireGuard, by default), and ``AllowedMACs``
+in ``[Peer]``, a list of MAC addresses or prefixes (``52:54:00:00:00:00/24``), only in
+``Mode = tap``, where ``AllowedIPs`` has no meaning (frames are switched by MAC address) and is
+refused.
+
 The parser is stricter than ``wg`` in a few places where ``wg`` silently does something
 surprising: a single-valued key given twice is an error (``wg`` keeps the last one), an IPv6
 endpoint must be in brackets, and an endpoint's port must be a number from 1 to 65535.  Host
@@ -50,6 +57,7 @@ import attrs
 from minivpn.wireguard.allowedips import IPAddress, IPNetwork
 from minivpn.wireguard.errors import InvalidKey, WireGuardError
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey, looks_like_key, redacted
+from minivpn.wireguard.switch import InvalidMac, MacPrefix
 
 __all__ = [
     "Config",
@@ -215,6 +223,8 @@ class InterfaceConfig:
         table: wg-quick ``Table``: ``"off"``, ``"auto"``, a table number or a table name.
         pre_up, post_up, pre_down, post_down: wg-quick hook commands (shell code), in order.
         save_config: wg-quick ``SaveConfig``.
+        mode: minivpn ``Mode``: ``"tun"`` (IP packets, WireGuard) or ``"tap"`` (Ethernet
+            frames, minivpn's layer-2 extension).
     """
 
     private_key: PrivateKey | None = None
@@ -230,6 +240,7 @@ class InterfaceConfig:
     pre_down: tuple[str, ...] = ()
     post_down: tuple[str, ...] = ()
     save_config: bool = False
+    mode: str = "tun"
 
 
 @attrs.frozen
@@ -242,6 +253,8 @@ class PeerConfig:
         allowed_ips: prefixes routed to this peer and accepted from it, host bits cleared.
         endpoint: where to send to, until the peer roams.
         persistent_keepalive: seconds between keepalives; 0 means off.
+        allowed_macs: minivpn ``AllowedMACs`` (``Mode = tap``): the source MAC addresses the
+            peer's frames may have; empty: any.
     """
 
     public_key: PublicKey
@@ -249,6 +262,7 @@ class PeerConfig:
     allowed_ips: tuple[IPNetwork, ...] = ()
     endpoint: Endpoint | None = None
     persistent_keepalive: int | None = None
+    allowed_macs: tuple[MacPrefix, ...] = ()
 
 
 @attrs.frozen
@@ -292,14 +306,27 @@ _KEYS: dict[str, tuple[str, str]] = {
                 "PreDown",
                 "PostDown",
                 "SaveConfig",
+                "Mode",
             ),
         ),
-        (_PEER, ("PublicKey", "PresharedKey", "AllowedIPs", "Endpoint", "PersistentKeepalive")),
+        (
+            _PEER,
+            (
+                "PublicKey",
+                "PresharedKey",
+                "AllowedIPs",
+                "Endpoint",
+                "PersistentKeepalive",
+                "AllowedMACs",
+            ),
+        ),
     )
     for name in names
 }
 #: Keys that may appear more than once in a section (their values accumulate).
-_REPEATABLE = frozenset({"Address", "DNS", "PreUp", "PostUp", "PreDown", "PostDown", "AllowedIPs"})
+_REPEATABLE = frozenset(
+    {"Address", "DNS", "PreUp", "PostUp", "PreDown", "PostDown", "AllowedIPs", "AllowedMACs"}
+)
 #: Keys whose value is shell code: taken from the raw line, where '#' is not a comment.
 _HOOKS = {"PreUp": "pre_up", "PostUp": "post_up", "PreDown": "pre_down", "PostDown": "post_down"}
 #: Keys owned by wg(8): all whitespace inside their line is removed, as wg does.
@@ -329,6 +356,10 @@ class _PeerDraft:
     lineno: int
     values: dict[str, object] = attrs.field(factory=dict)
     allowed_ips: list[IPNetwork] = attrs.field(factory=list)
+    allowed_macs: list[MacPrefix] = attrs.field(factory=list)
+    #: The first line of each list key, for errors that only the whole file reveals.
+    first_allowed_ips: int | None = None
+    first_allowed_macs: int | None = None
 
 
 class _Parser:
@@ -352,6 +383,7 @@ class _Parser:
         self.seen_keys: dict[str, int] = {}  # canonical key -> line, in the current section
         self.public_keys: dict[PublicKey, int] = {}  # -> line of its [Peer]
         self.warnings: list[str] = []
+        self.mode_line: int | None = None
 
     def error(self, lineno: int | None, message: str) -> ConfigError:
         return ConfigError(message, self.filename, lineno)
@@ -470,6 +502,14 @@ class _Parser:
             if value.lower() not in ("true", "false"):
                 raise ConfigError(f"SaveConfig must be true or false, got {_show(value)}")
             self.interface["save_config"] = value.lower() == "true"
+        elif key == "Mode":
+            if value.lower() not in ("tun", "tap"):
+                raise ConfigError(
+                    f"Mode must be tun (IP packets, WireGuard) or tap (Ethernet frames), "
+                    f"got {_show(value)}"
+                )
+            self.interface["mode"] = value.lower()
+            self.mode_line = lineno
 
     def peer_value(self, lineno: int, key: str, value: str) -> None:
         peer = self.peers[-1]
@@ -492,6 +532,16 @@ class _Parser:
                         lineno, f"AllowedIPs entry {_show(item)} has host bits set; using {network}"
                     )
                 peer.allowed_ips.append(network)
+            if peer.first_allowed_ips is None:
+                peer.first_allowed_ips = lineno
+        elif key == "AllowedMACs":
+            for item in _split_list(value):
+                try:
+                    peer.allowed_macs.append(MacPrefix.parse(item))
+                except InvalidMac as exc:
+                    raise ConfigError(f"AllowedMACs: {exc}") from None
+            if peer.first_allowed_macs is None:
+                peer.first_allowed_macs = lineno
         elif key == "Endpoint":
             peer.values["endpoint"] = Endpoint.parse(value)
         elif key == "PersistentKeepalive":
@@ -508,14 +558,37 @@ class _Parser:
 
     def finish(self) -> Config:
         self.finish_peer()
+        self.check_mode()
         lists = {name: tuple(values) for name, values in self.lists.items()}
         interface = InterfaceConfig(**self.interface, **lists)  # type: ignore[arg-type]
         peers = tuple(
-            PeerConfig(**draft.values, allowed_ips=tuple(draft.allowed_ips))  # type: ignore[arg-type]
+            PeerConfig(
+                **draft.values,  # type: ignore[arg-type]
+                allowed_ips=tuple(draft.allowed_ips),
+                allowed_macs=tuple(draft.allowed_macs),
+            )
             for draft in self.peers
         )
         self.warn_about_shared_prefixes()
         return Config(interface, peers, tuple(self.warnings))
+
+    def check_mode(self) -> None:
+        """AllowedIPs belong to ``Mode = tun``, AllowedMACs to ``Mode = tap``."""
+        tap = self.interface.get("mode") == "tap"
+        for draft in self.peers:
+            if tap and draft.first_allowed_ips is not None:
+                raise self.error(
+                    draft.first_allowed_ips,
+                    f"AllowedIPs has no meaning with 'Mode = tap' (line {self.mode_line}): "
+                    "frames are switched by MAC address; remove it (AllowedMACs limits the "
+                    "source MAC addresses a peer may use)",
+                )
+            if not tap and draft.first_allowed_macs is not None:
+                raise self.error(
+                    draft.first_allowed_macs,
+                    "AllowedMACs needs 'Mode = tap' in [Interface] (layer 2, a minivpn "
+                    "extension); a tun interface routes IP packets by AllowedIPs",
+                )
 
     def warn_about_shared_prefixes(self) -> None:
         owner: dict[IPNetwork, int] = {}
@@ -679,6 +752,8 @@ def format_config(config: Config) -> str:
     """
     interface = config.interface
     lines = ["[Interface]"]
+    if interface.mode != "tun":
+        lines.append(f"Mode = {interface.mode}")
     lines += [f"Address = {address}" for address in interface.addresses]
     dns = [str(server) for server in interface.dns] + list(interface.dns_search)
     if dns:
@@ -706,6 +781,8 @@ def format_config(config: Config) -> str:
             lines.append(f"PresharedKey = {peer.preshared_key.to_base64()}")
         if peer.allowed_ips:
             lines.append(f"AllowedIPs = {', '.join(str(n) for n in peer.allowed_ips)}")
+        if peer.allowed_macs:
+            lines.append(f"AllowedMACs = {', '.join(str(m) for m in peer.allowed_macs)}")
         if peer.endpoint is not None:
             lines.append(f"Endpoint = {peer.endpoint}")
         if peer.persistent_keepalive is not None:

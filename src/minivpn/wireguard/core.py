@@ -369,6 +369,8 @@ class WireGuardCore(ReceivePath):
                         format_allowed_ip(prefix)
                         for prefix in self._allowed_ips.prefixes_for_peer(peer)
                     ],
+                    drops=[(reason.value, n) for reason, n in peer.counters.drops.items()],
+                    counters=peer.counters.as_dict(peer.rx_bytes, peer.tx_bytes),
                 )
             )
         return DeviceSnapshot(
@@ -376,6 +378,7 @@ class WireGuardCore(ReceivePath):
             listen_port=self.listen_port,
             fwmark=self.fwmark,
             peers=peers,
+            drops=[(reason.value, n) for reason, n in self.drops.items() if n],
         )
 
     # --- timers --------------------------------------------------------------------------------
@@ -405,6 +408,8 @@ class WireGuardCore(ReceivePath):
     def _on_timer(self, peer: Peer, timer: Timer, now: float) -> None:
         """Run one expired timer (wireguard-go ``expired*`` in device/timers.go)."""
         timers = peer.timers
+        if self.tracer is not None:
+            self.tracer.timer(peer, timer, now)
         if timer is Timer.RETRANSMIT_HANDSHAKE:
             if timers.handshake_attempts > MAX_TIMER_HANDSHAKES:
                 # Give up: drop what waits for a session, and erase the half-done handshake

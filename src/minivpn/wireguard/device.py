@@ -38,6 +38,7 @@ from minivpn.wireguard.timers import TimerQueue
 if TYPE_CHECKING:
     from minivpn.wireguard.keys import PrivateKey, PublicKey
     from minivpn.wireguard.peer import Peer
+    from minivpn.wireguard.trace import Tracer
 
 __all__ = ["MAX_DATAGRAM_SIZE", "Buffer", "Device", "Rng"]
 
@@ -65,7 +66,14 @@ class Device:
             mac2 (else they get a cookie reply, rate-limited) and pass a per-source rate limit.
             The runtime decides (:mod:`minivpn.wireguard.handshake_queue`).
         report_drops: also report every drop as a :class:`PacketDropped` action.
-        drops: count of dropped datagrams and packets, by reason.
+        drops: count of dropped datagrams and packets, by reason (per peer, too:
+            ``peer.counters.drops``).
+        tracer: who is tracing this device (:mod:`minivpn.wireguard.trace`), or None.  The
+            handshake, timer and drop paths tell it what they do.
+        packet_tracer: the same tracer, looked at once per packet by ``encapsulate`` and
+            ``decapsulate``: when it is set, the call goes through the tracer, which clears
+            it while it runs the packet through the path.  None is all the per-packet path
+            pays for tracing when nobody traces.
     """
 
     def __init__(
@@ -99,6 +107,8 @@ class Device:
         self.under_load = False
         self.report_drops = report_drops
         self.drops: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
+        self.tracer: Tracer | None = None
+        self.packet_tracer: Tracer | None = None
         self._rng = rng
         self._jitter = jitter if jitter is not None else random.Random()
         self._wall_clock = wall_clock
@@ -195,17 +205,48 @@ class Device:
         peer.timers.handshake_complete()
         peer.last_handshake_wall = self._wall_clock()
         self._actions.append(HandshakeCompleted(peer.public_key, initiator))
+        if self.tracer is not None:
+            self.tracer.session(peer, initiator)
+
+    # --- tracing -------------------------------------------------------------------------------
+
+    def attach_tracer(self, tracer: Tracer | None) -> None:
+        """Start tracing with *tracer* (None: stop); one tracer at a time."""
+        self.tracer = self.packet_tracer = tracer
+
+    def peer_for_index(self, index: int) -> Peer | None:
+        """The peer whose session, or handshake in progress, we named *index* (for traces)."""
+        return self._index.peer_for_index(index)
 
     # --- statistics ----------------------------------------------------------------------------
 
-    def count_drop(self, reason: DropReason) -> None:
-        """Count a drop the runtime decided on (a full handshake queue), as the core's own."""
-        self._drop(reason)
+    def _drop(
+        self, reason: DropReason, peer: Peer | None = None, *, public_key: PublicKey | None = None
+    ) -> Dropped:
+        """Count a drop (and report it, with ``report_drops``); the result that says so.
 
-    def _drop(self, reason: DropReason, peer: Peer | None = None) -> Dropped:
-        """Count a drop (and report it, with ``report_drops``); the result that says so."""
+        Args:
+            reason: why.
+            peer: the peer concerned, if it is one of ours (its counters count the drop too).
+            public_key: the key concerned when it is no peer of ours (an initiation from an
+                unknown key).
+        """
         self.drops[reason] += 1
-        public_key = peer.public_key if peer is not None else None
+        if peer is not None:
+            peer.counters.count_drop(reason)
+            public_key = peer.public_key
         if self.report_drops:
             self._actions.append(PacketDropped(reason, public_key))
+        if self.tracer is not None:
+            self.tracer.drop(reason, peer, public_key)
         return Dropped(reason, public_key)
+
+    def note_drop(self, reason: DropReason, public_key: PublicKey | None = None) -> None:
+        """Count, and trace, a drop the runtime made: a send or a TUN write the kernel refused.
+
+        Args:
+            reason: one of the runtime's reasons (``PACKET_TOO_BIG``, ``SEND_FAILED``,
+                ``TUN_*``, ``HANDSHAKE_QUEUE_FULL``).
+            public_key: the peer concerned, when the runtime knows it.
+        """
+        self._drop(reason, self._peers.get(public_key) if public_key is not None else None)

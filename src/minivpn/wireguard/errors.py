@@ -18,7 +18,12 @@ They split along the line that matters to the caller:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from minivpn.errors import MinivpnError
+
+if TYPE_CHECKING:
+    from minivpn.wireguard.keys import PublicKey
 
 
 class WireGuardError(MinivpnError):
@@ -42,7 +47,17 @@ class HandshakeError(WireGuardError):
 
 
 class UnknownPeer(HandshakeError):
-    """An initiation authenticated a static public key that is not one of our peers."""
+    """An initiation authenticated a static public key that is not one of our peers.
+
+    Attributes:
+        public_key: that key, or None.  Only
+            the sender's knowledge of *our* public key is proven at this point, not its
+            possession of this key's private half: it is the key the sender claims.
+    """
+
+    def __init__(self, message: str, public_key: PublicKey | None = None) -> None:
+        super().__init__(message)
+        self.public_key = public_key
 
 
 class ReplayedHandshake(HandshakeError):

@@ -11,11 +11,15 @@ order:
 * :class:`ListenPortChanged`, :class:`FwmarkChanged`: a UAPI ``set`` changed how the UDP socket
   must be bound: rebind it;
 * the rest are *events*, for logs, statistics and tests: :class:`HandshakeCompleted`,
-  :class:`HandshakeFailed`, :class:`KeyMaterialZeroed` and, when the core was built with
-  ``report_drops=True``, :class:`PacketDropped`.
+  :class:`HandshakeFailed`, :class:`KeyMaterialZeroed`, :class:`ModeMismatch`, in layer-2 mode
+  :class:`MacMoved` and, when the core was built with ``report_drops=True``,
+  :class:`PacketDropped`.
 
 Dropped packets are always counted by reason in ``core.drops``
-(a ``dict[DropReason, int]``), whether or not they are also reported as events.
+(a ``dict[DropReason, int]``), and per peer where a peer is known
+(``peer.counters.drops``, :mod:`minivpn.wireguard.counters`), whether or not they are also
+reported as events.  A tracer, when one is attached, sees each of them with its context
+(:mod:`minivpn.wireguard.trace`).
 
 An *endpoint* is the ``(host, port)`` pair a UDP socket uses: the host is an IP address as text
 (``"192.0.2.1"``, ``"fd00::1"``), never a name: the runtime resolves names first.
@@ -40,6 +44,8 @@ __all__ = [
     "HandshakeFailed",
     "KeyMaterialZeroed",
     "ListenPortChanged",
+    "MacMoved",
+    "ModeMismatch",
     "PacketDropped",
     "SendDatagram",
 ]
@@ -87,17 +93,44 @@ class DropReason(enum.Enum):
     DISALLOWED_SOURCE = "disallowed_source"
     #: An outgoing packet whose destination is in no peer's allowed IPs.
     NO_ROUTE = "no_route"
+    #: The same for a multicast or broadcast destination: what the kernel sends on any link
+    #: (IPv6 router solicitations, MLD reports), which WireGuard, point to point, does not carry.
+    MULTICAST = "multicast"
     #: A datagram for a peer whose endpoint is not known yet.
     NO_ENDPOINT = "no_endpoint"
     #: A staged packet (waiting for a handshake) pushed out by a newer one: the queue is full.
     STAGED_OVERFLOW = "staged_overflow"
     #: Staged packets discarded: the handshake was given up, keys were zeroed, or the peer removed.
     STAGED_FLUSHED = "staged_flushed"
-    #: A handshake message that found the queue of handshake messages full (a flood).
-    HANDSHAKE_QUEUE_FULL = "handshake_queue_full"
     #: Under load, a handshake message that would get a cookie reply, but its source (or all
     #: sources together) had as many cookie replies as allowed.
     COOKIE_RATE_LIMITED = "cookie_rate_limited"
+    #: A peer sends what the other mode carries: IP packets to an interface in ``Mode = tap``,
+    #: or Ethernet frames to one in ``Mode = tun`` (docs/l2.md, "On the wire").
+    MODE_MISMATCH = "mode_mismatch"
+    #: ``Mode = tap``: a frame shorter than an Ethernet header, whose length header does not
+    #: match the message, or whose source MAC address is not a unicast address.
+    INVALID_FRAME = "invalid_frame"
+    #: ``Mode = tap``: a frame from the TAP device longer than its MTU + 14: it would not fit
+    #: one datagram (frames are never fragmented).
+    OVERSIZED_FRAME = "oversized_frame"
+    #: ``Mode = tap``: a frame whose source MAC address is not in the sending peer's AllowedMACs.
+    DISALLOWED_MAC = "disallowed_mac"
+    # The runtime's drops, counted by the core all the same (``core.note_drop``):
+    #: A datagram the kernel would not send: larger than the path's MTU (EMSGSIZE).
+    PACKET_TOO_BIG = "packet_too_big"
+    #: A datagram the kernel refused to send for another reason (no route to the endpoint, the
+    #: socket's buffer full, no socket of the endpoint's address family).
+    SEND_FAILED = "send_failed"
+    #: A decrypted packet not written to the TUN device: its link is down.
+    TUN_LINK_DOWN = "tun_link_down"
+    #: A decrypted packet the TUN device refused (EINVAL) or had no room for.
+    TUN_WRITE_FAILED = "tun_write_failed"
+    #: A read from the TUN device whose virtio-net header made no sense.
+    TUN_BAD_FRAME = "tun_bad_frame"
+    #: A handshake message that found the queue of handshake messages full (a flood; counted
+    #: by the runtime, :mod:`minivpn.wireguard.handshake_queue`).
+    HANDSHAKE_QUEUE_FULL = "handshake_queue_full"
 
 
 @attrs.frozen
@@ -169,6 +202,39 @@ class PacketDropped:
 
 
 @attrs.frozen
+class ModeMismatch:
+    """A peer sends what the other mode carries: its configuration's ``Mode`` differs from ours.
+
+    An interface in ``Mode = tap`` received an IP packet (the peer is in layer-3 mode, or is
+    not minivpn), or one in ``Mode = tun`` received an Ethernet frame (the peer is in
+    ``Mode = tap``).  The message authenticated: it really is that peer.  Dropped, and counted
+    as ``MODE_MISMATCH``.
+
+    Attributes:
+        public_key: the peer.
+        received: ``"packet"`` or ``"frame"``: what arrived.
+    """
+
+    public_key: PublicKey
+    received: str
+
+
+@attrs.frozen
+class MacMoved:
+    """``Mode = tap``: a MAC address was seen behind another port of the switch than before.
+
+    Attributes:
+        mac: the address (6 bytes).
+        old: the peer it was behind, or None for this interface's own TAP device.
+        new: the peer it is behind now, or None for the TAP device.
+    """
+
+    mac: bytes
+    old: PublicKey | None
+    new: PublicKey | None
+
+
+@attrs.frozen
 class ListenPortChanged:
     """UAPI set ``listen_port``: rebind the UDP socket to ``port`` (0: any free port).
 
@@ -195,6 +261,8 @@ Action: TypeAlias = (
     | HandshakeCompleted
     | HandshakeFailed
     | KeyMaterialZeroed
+    | ModeMismatch
+    | MacMoved
     | PacketDropped
     | ListenPortChanged
     | FwmarkChanged

@@ -357,7 +357,7 @@ def consume_initiation_untrusted(
 
     peer = lookup_peer(remote_static)
     if peer is None:
-        raise UnknownPeer(f"initiation from {remote_static}, which is not a peer")
+        raise UnknownPeer(f"initiation from {remote_static}, which is not a peer", remote_static)
     # (C, k) = KDF2(C, DH(S_r, S_i^pub))
     key = noise.mix_key_and_get_key(peer.static_static(identity))
     # timestamp = AEAD-DECRYPT(k, 0, msg.timestamp, H);  H = HASH(H || msg.timestamp)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from minivpn.wireguard.constants import MAX_STAGED_PACKETS
 from minivpn.wireguard.cookie import CookieGenerator
+from minivpn.wireguard.counters import PeerCounters
 from minivpn.wireguard.keypair import KeypairSlots
 from minivpn.wireguard.noise import PeerHandshakeState
 from minivpn.wireguard.timers import PeerTimers
@@ -52,6 +53,8 @@ class Peer:
         tx_bytes: bytes of WireGuard messages sent to the peer.
         rx_bytes: bytes received from the peer (handshakes, and data as wireguard-go counts
             it: plaintext length + 32).
+        counters: drops by reason, handshake messages and keepalives (for ``show`` and
+            ``doctor``; :mod:`minivpn.wireguard.counters`).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class Peer:
         self.last_handshake_wall: float | None = None
         self.tx_bytes = 0
         self.rx_bytes = 0
+        self.counters = PeerCounters()
 
     def __repr__(self) -> str:
         return f"Peer({self.public_key.to_base64()}, endpoint={self.endpoint})"

@@ -35,7 +35,7 @@ from minivpn.wireguard.errors import (
     ReplayedHandshake,
     UnknownPeer,
 )
-from minivpn.wireguard.events import DropReason
+from minivpn.wireguard.events import DropReason, ModeMismatch
 from minivpn.wireguard.messages import (
     INITIATION_SIZE,
     RESPONSE_SIZE,
@@ -102,6 +102,8 @@ class ReceivePath(SendPath):
             Anything else the datagram sets in motion (the keepalive that confirms new keys,
             packets that waited for them) waits in :meth:`take_actions`.
         """
+        if self.packet_tracer is not None:  # someone traces: the tracer runs the datagram through
+            return self.packet_tracer.decapsulate(self, source, datagram, out, now)
         if len(datagram) < TRANSPORT_OVERHEAD or datagram[0] != _TRANSPORT_DATA:
             return self._receive_handshake_message(source, datagram, out, now)
         # A data message: decrypt it, check it, and hand over the packet inside.
@@ -126,6 +128,7 @@ class ReceivePath(SendPath):
             self._confirm_next_keypair(peer, keypair, source, now)
         self._data_received(peer, len(datagram), plain_size, source, now)
         if plain_size == 0:
+            peer.counters.keepalives_received += 1
             return DONE  # a keepalive: it did its job by arriving
         return self._check_inner_packet(peer, out, plain_size)
 
@@ -184,6 +187,10 @@ class ReceivePath(SendPath):
             if length > size:
                 return self._drop(DropReason.INVALID_INNER_PACKET, peer)
         else:
+            if size >= 2 and version < 4:
+                # Top bits 00: the frame header of a peer in Mode = tap (ethernet.py).
+                self._actions.append(ModeMismatch(peer.public_key, "frame"))
+                return self._drop(DropReason.MODE_MISMATCH, peer)
             return self._drop(DropReason.INVALID_INNER_PACKET, peer)
         # Cryptokey routing, the other way: the peer may only use its own allowed IPs.
         if self._route(source) is not peer:
@@ -244,8 +251,8 @@ class ReceivePath(SendPath):
         """Authenticate an initiation and answer it; the new keypair waits in ``next``."""
         try:
             state = consume_initiation_untrusted(identity, message, self._lookup_handshake, now)
-        except UnknownPeer:
-            return self._drop(DropReason.UNKNOWN_PEER)
+        except UnknownPeer as exc:
+            return self._drop(DropReason.UNKNOWN_PEER, public_key=exc.public_key)
         except ReplayedHandshake:
             return self._drop(DropReason.REPLAYED_INITIATION)
         except HandshakeFlood:
@@ -260,6 +267,7 @@ class ReceivePath(SendPath):
         timers.any_authenticated_packet_received()
         peer.endpoint = source
         peer.rx_bytes += INITIATION_SIZE
+        peer.counters.initiations_received += 1
         # The response (wireguard-go: CreateMessageResponse, then BeginSymmetricSession).
         peer.last_sent_handshake = now
         # Our own initiation, if one was in flight, is superseded.
@@ -270,6 +278,7 @@ class ReceivePath(SendPath):
         timers.any_authenticated_packet_traversal(now, peer.persistent_keepalive_interval)
         timers.any_authenticated_packet_sent()
         peer.tx_bytes += len(response)
+        peer.counters.responses_sent += 1
         return _write_reply(out, response, source)
 
     def _consume_response(
@@ -287,6 +296,7 @@ class ReceivePath(SendPath):
             return self._drop(DropReason.HANDSHAKE_INVALID, peer)
         peer.endpoint = source
         peer.rx_bytes += RESPONSE_SIZE
+        peer.counters.responses_received += 1
         timers = peer.timers
         timers.any_authenticated_packet_traversal(now, peer.persistent_keepalive_interval)
         timers.any_authenticated_packet_received()
@@ -305,6 +315,7 @@ class ReceivePath(SendPath):
             peer.cookies.consume_reply_untrusted(message, now)
         except (HandshakeError, DecryptionError):
             return self._drop(DropReason.INVALID_COOKIE_REPLY, peer)
+        peer.counters.cookie_replies_received += 1
         return DONE
 
 

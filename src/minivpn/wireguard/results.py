@@ -41,11 +41,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DONE",
+    "DatagramAt",
     "Decapsulated",
     "Done",
     "Dropped",
     "Encapsulated",
+    "FrameReceived",
+    "FrameSent",
     "Queued",
+    "Switched",
+    "WriteFrame",
     "WriteToNetwork",
     "WriteToTunnel",
 ]
@@ -109,3 +114,60 @@ class Dropped(NamedTuple):
 Encapsulated: TypeAlias = WriteToNetwork | Queued | Dropped
 #: The result of :meth:`~minivpn.wireguard.core.WireGuardCore.decapsulate`.
 Decapsulated: TypeAlias = WriteToTunnel | WriteToNetwork | Done | Dropped
+
+
+# --- layer 2 (Mode = tap, minivpn.wireguard.ethernet) ------------------------------------------
+#
+# ``core.encapsulate_frame`` and ``core.decapsulate_frame`` return the results above, and two
+# more: a frame for the TAP device sits behind the 2-byte frame header (so its place in ``out``
+# is given), and the switch may send one frame to several places at once -- the TAP device and
+# other peers (flooding), or another peer only (a hub forwarding between spokes).  Those copies
+# are written one after the other in ``out``, and ``Switched`` says where each one is.
+
+
+class WriteFrame(NamedTuple):
+    """Write ``out[start:start + size]``, a decrypted Ethernet frame, to the TAP device.
+
+    Attributes:
+        start: where the frame starts in ``out``.
+        size: its length.
+        public_key: the peer it came from.
+    """
+
+    start: int
+    size: int
+    public_key: PublicKey
+
+
+class DatagramAt(NamedTuple):
+    """One data message the switch wrote in ``out``: send ``out[start:start + size]``.
+
+    Attributes:
+        start: where it starts in ``out``.
+        size: its length.
+        endpoint: the peer to send it to.
+    """
+
+    start: int
+    size: int
+    endpoint: Endpoint
+
+
+class Switched(NamedTuple):
+    """One frame, sent by the switch to several places: the TAP device and/or other peers.
+
+    Attributes:
+        frame_start, frame_size: write ``out[frame_start:frame_start + frame_size]`` (the
+            frame) to the TAP device; a size of 0: not to the TAP device.
+        datagrams: the data messages carrying the frame to other peers, one per peer.
+    """
+
+    frame_start: int
+    frame_size: int
+    datagrams: tuple[DatagramAt, ...]
+
+
+#: The result of :meth:`~minivpn.wireguard.ethernet.EthernetCore.encapsulate_frame`.
+FrameSent: TypeAlias = WriteToNetwork | Switched | Queued | Done | Dropped
+#: The result of :meth:`~minivpn.wireguard.ethernet.EthernetCore.decapsulate_frame`.
+FrameReceived: TypeAlias = WriteFrame | Switched | WriteToNetwork | Queued | Done | Dropped

@@ -46,6 +46,13 @@ _IPV6_DESTINATION = struct.Struct("!24x16s")
 _ZERO_PADDING = tuple(bytes(n) for n in range(PADDING_MULTIPLE))
 
 
+def _unrouted(destination: bytes) -> DropReason:
+    """Why a packet to *destination*, in no peer's allowed IPs, is dropped."""
+    # ff00::/8; 224.0.0.0/4, and above it the broadcast address.
+    multicast = destination[0] == 0xFF if len(destination) == 16 else destination[0] >= 224
+    return DropReason.MULTICAST if multicast else DropReason.NO_ROUTE
+
+
 def padded_size(size: int, mtu: int) -> int:
     """The plaintext size after padding a packet of ``size`` bytes (``calculatePaddingSize``).
 
@@ -89,6 +96,8 @@ class SendPath(Device):
             A handshake to start, and anything else the call sets in motion, waits in
             :meth:`take_actions`.
         """
+        if self.packet_tracer is not None:  # someone traces: the tracer runs the packet through
+            return self.packet_tracer.encapsulate(self, packet, out, now)
         # Cryptokey routing: the destination address (IPv4 bytes 16-19, IPv6 24-39) picks the
         # peer.
         size = len(packet)
@@ -102,7 +111,7 @@ class SendPath(Device):
             return self._drop(DropReason.INVALID_INNER_PACKET)
         peer = self._route(destination)
         if peer is None:
-            return self._drop(DropReason.NO_ROUTE)
+            return self._drop(_unrouted(destination))
         # A session that may still send, or the packet waits for a new one.
         keypair = peer.keypairs.current
         if keypair is None or not keypair.can_send(now):
@@ -186,6 +195,10 @@ class SendPath(Device):
             out = memoryview(bytearray(len(packet) + PADDING_MULTIPLE + TRANSPORT_OVERHEAD))
             size = self._send_data(peer, keypair, packet, out, now)
             self._actions.append(SendDatagram(bytes(out[:size]), peer.endpoint))
+            if not packet:
+                peer.counters.keepalives_sent += 1
+            if self.tracer is not None:
+                self.tracer.staged_sent(peer, packet, out, size)
 
     def _send_keepalive(self, peer: Peer, now: float) -> None:
         """Send an empty data message (or let staged packets serve as one)."""
@@ -219,6 +232,8 @@ class SendPath(Device):
         timers.any_authenticated_packet_sent()
         self._send_handshake_message(peer, datagram)
         timers.handshake_initiated(now)
+        if self.tracer is not None:
+            self.tracer.initiation_sent(peer, index, now, is_retry=is_retry)
 
     def _send_handshake_message(self, peer: Peer, datagram: bytes) -> None:
         """Queue a handshake message for the peer's endpoint, if it has one."""
@@ -226,4 +241,5 @@ class SendPath(Device):
             self._drop(DropReason.NO_ENDPOINT, peer)
             return
         peer.tx_bytes += len(datagram)
+        peer.counters.initiations_sent += 1
         self._actions.append(SendDatagram(datagram, peer.endpoint))

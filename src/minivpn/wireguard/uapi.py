@@ -76,6 +76,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, TypeAlias
 
 import attrs
@@ -100,6 +101,7 @@ __all__ = [
     "GetRequest",
     "IPAddress",
     "IPNetwork",
+    "MacTableEntry",
     "PeerSet",
     "PeerSnapshot",
     "RequestError",
@@ -785,6 +787,11 @@ def _strings(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(values)
 
 
+def _counts(values: Mapping[str, int] | Iterable[tuple[str, int]]) -> tuple[tuple[str, int], ...]:
+    items = values.items() if isinstance(values, Mapping) else values
+    return tuple((str(name), int(count)) for name, count in items)
+
+
 @attrs.frozen
 class PeerSnapshot:
     """One peer as ``get=1`` reports it.
@@ -798,6 +805,11 @@ class PeerSnapshot:
         tx_bytes, rx_bytes: transport bytes sent and received.
         persistent_keepalive_interval: seconds, 0 for off.
         allowed_ips: the peer's prefixes as text (:func:`format_allowed_ip`), in table order.
+        allowed_macs: ``Mode = tap``: the peer's AllowedMACs as text (none: any source).
+        drops: minivpn's drops for this peer, ``(reason, count)`` for each reason seen.
+        counters: minivpn's other counters of the peer, ``(name, value)``
+            (:class:`~minivpn.wireguard.counters.PeerCounters`).  Both are empty for another
+            daemon (see :func:`format_get_response`).
     """
 
     public_key: PublicKey
@@ -809,9 +821,31 @@ class PeerSnapshot:
     rx_bytes: int = 0
     persistent_keepalive_interval: int = 0
     allowed_ips: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    allowed_macs: tuple[str, ...] = attrs.field(default=(), converter=_strings)
+    drops: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_counts)
+    counters: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_counts)
 
 
 def _peer_snapshots(values: Iterable[PeerSnapshot]) -> tuple[PeerSnapshot, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class MacTableEntry:
+    """``Mode = tap``: one entry of the switch's MAC table, as ``get=1`` reports it.
+
+    Attributes:
+        mac: the address, ``02:00:5e:10:00:01``.
+        public_key: the peer it is behind, or None: behind the interface's own TAP device.
+        age: whole seconds since a frame from it was last seen.
+    """
+
+    mac: str
+    public_key: PublicKey | None
+    age: int
+
+
+def _mac_entries(values: Iterable[MacTableEntry]) -> tuple[MacTableEntry, ...]:
     return tuple(values)
 
 
@@ -824,12 +858,19 @@ class DeviceSnapshot:
         listen_port: the UDP port actually bound (0 when none).
         fwmark: the firewall mark (0: none).
         peers: every peer.
+        mode: ``"tun"`` (WireGuard) or ``"tap"`` (minivpn's layer-2 extension).
+        mac_table: ``Mode = tap``: the switch's MAC table.
+        drops: minivpn's drops of the whole device, ``(reason, count)`` for each reason seen
+            (empty for another daemon).
     """
 
     private_key: PrivateKey | None = None
     listen_port: int = 0
     fwmark: int = 0
     peers: tuple[PeerSnapshot, ...] = attrs.field(default=(), converter=_peer_snapshots)
+    mode: str = "tun"
+    mac_table: tuple[MacTableEntry, ...] = attrs.field(default=(), converter=_mac_entries)
+    drops: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_counts)
 
 
 def format_errno(errno: int) -> bytes:
@@ -843,6 +884,20 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
     Keys are lowercase hex.  Device lines come first (each only when set), then per peer:
     public_key, preshared_key (always; zeros when none), protocol_version, endpoint (when
     known), handshake time, byte counters, keepalive, allowed_ip lines; then ``errno=0``.
+
+    minivpn adds its counters with two keys of its own, which wireguard-go never sends:
+    ``minivpn_drop=REASON:COUNT`` (for the device among its lines, and for each peer among
+    the peer's) and ``minivpn_counter=NAME:VALUE`` (per peer).  ``wg`` skips keys it does not
+    know (wireguard-tools ``ipc-uapi.h``: the chain of key comparisons has no final ``else``),
+    so ``wg show`` and ``wg showconf`` print exactly what they print without them
+    (``tests/netns/test_trace.py`` checks it with the real ``wg``).
+
+    In ``Mode = tap`` (minivpn's extension), three more keys, which ``wg`` skips (its parser,
+    wireguard-tools ``ipc-uapi.h``, ignores keys it does not know): ``minivpn_mode=tap`` and a
+    ``minivpn_mac=MAC,AGE`` line per MAC address behind the TAP device among the device
+    lines; per peer, ``minivpn_allowed_mac=PREFIX`` lines and a ``minivpn_mac=MAC,AGE`` line
+    per address behind that peer.  A ``tun`` device's answer is wireguard-go's, with only the
+    counters above added.
     """
     lines: list[str] = []
     if snapshot.private_key is not None and not snapshot.private_key.is_zero():
@@ -851,6 +906,13 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
         lines.append(f"listen_port={snapshot.listen_port}")
     if snapshot.fwmark:
         lines.append(f"fwmark={snapshot.fwmark}")
+    macs: dict[PublicKey | None, list[str]] = {}
+    if snapshot.mode != "tun":
+        lines.append(f"minivpn_mode={snapshot.mode}")
+        for entry in snapshot.mac_table:
+            macs.setdefault(entry.public_key, []).append(f"minivpn_mac={entry.mac},{entry.age}")
+        lines.extend(macs.get(None, ()))
+    lines.extend(f"minivpn_drop={reason}:{count}" for reason, count in snapshot.drops)
     for peer in snapshot.peers:
         psk = peer.preshared_key.to_hex() if peer.preshared_key is not None else _ZERO_HEX
         lines.append(f"public_key={peer.public_key.to_hex()}")
@@ -864,6 +926,10 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
         lines.append(f"rx_bytes={peer.rx_bytes}")
         lines.append(f"persistent_keepalive_interval={peer.persistent_keepalive_interval}")
         lines.extend(f"allowed_ip={prefix}" for prefix in peer.allowed_ips)
+        lines.extend(f"minivpn_allowed_mac={prefix}" for prefix in peer.allowed_macs)
+        lines.extend(macs.get(peer.public_key, ()))
+        lines.extend(f"minivpn_drop={reason}:{count}" for reason, count in peer.drops)
+        lines.extend(f"minivpn_counter={name}:{value}" for name, value in peer.counters)
     lines.append("errno=0")
     return ("\n".join(lines) + "\n\n").encode()
 
@@ -890,8 +956,9 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
         text = text.decode("utf-8", "replace")
     if not text.endswith("\n\n"):
         raise UapiError("get response does not end with a blank line")
-    device: dict[str, object] = {}
+    device: dict[str, object] = {"drops": []}
     peers: list[dict[str, object]] = []
+    mac_table: list[MacTableEntry] = []
     lines = text[:-2].split("\n")
     *body, status = lines
     key, _, value = status.partition("=")
@@ -905,9 +972,30 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
             if not equals:
                 raise UapiError(f"line without '=' in get response: {redacted(line[:40])}")
             if key == "public_key":
-                peers.append({"public_key": PublicKey.from_hex(_checked_hex(value)), "ips": []})
+                peers.append(
+                    {
+                        "public_key": PublicKey.from_hex(_checked_hex(value)),
+                        "ips": [],
+                        "macs": [],
+                        "drops": [],
+                        "counters": [],
+                    }
+                )
+            elif key in ("minivpn_drop", "minivpn_counter"):
+                count = _name_and_count(value)
+                if count is not None:  # a newer daemon's value we cannot read: skipped
+                    target = peers[-1] if peers else device
+                    field = "drops" if key == "minivpn_drop" else "counters"
+                    if field in target:
+                        target[field].append(count)  # type: ignore[attr-defined]
+            elif key == "minivpn_mac":
+                owner = peers[-1]["public_key"] if peers else None
+                mac, _, age = value.partition(",")
+                mac_table.append(MacTableEntry(mac, owner, _parse_uint(age, 63, key)))  # type: ignore[arg-type]
             elif not peers:
-                if key == "private_key":
+                if key == "minivpn_mode":
+                    device["mode"] = value
+                elif key == "private_key":
                     device["private_key"] = PrivateKey.from_hex(_checked_hex(value))
                 elif key in ("listen_port", "fwmark"):
                     device[key] = _parse_uint(value, 16 if key == "listen_port" else 32, key)
@@ -918,15 +1006,27 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
                 peers[-1]["endpoint"] = value
             elif key == "allowed_ip":
                 peers[-1]["ips"].append(value)  # type: ignore[attr-defined]
+            elif key == "minivpn_allowed_mac":
+                peers[-1]["macs"].append(value)  # type: ignore[attr-defined]
             elif key in _PEER_INT_FIELDS:
                 peers[-1][key] = _parse_uint(value, _PEER_INT_FIELDS[key], key)
     except (UapiError, InvalidKey) as exc:
         raise UapiError(f"malformed get response: {exc}") from None
     snapshots = []
     for fields in peers:
-        allowed_ips = fields.pop("ips")
-        snapshots.append(PeerSnapshot(**fields, allowed_ips=allowed_ips))  # type: ignore[arg-type]
-    return DeviceSnapshot(**device, peers=snapshots)  # type: ignore[arg-type]
+        allowed_ips, allowed_macs = fields.pop("ips"), fields.pop("macs")
+        snapshots.append(
+            PeerSnapshot(**fields, allowed_ips=allowed_ips, allowed_macs=allowed_macs)  # type: ignore[arg-type]
+        )
+    return DeviceSnapshot(**device, peers=snapshots, mac_table=mac_table)  # type: ignore[arg-type]
+
+
+def _name_and_count(value: str) -> tuple[str, int] | None:
+    """``NAME:COUNT`` of minivpn's counter keys, or None if it is not that."""
+    name, colon, count = value.rpartition(":")
+    if not colon or not name or not _DIGITS.fullmatch(count) or len(count) > 20:
+        return None
+    return name, int(count)
 
 
 def _checked_hex(value: str) -> str:

@@ -1,0 +1,172 @@
+"""Layer-2 benchmark: a spoke flooding random source MACs at a hub, and unicast beside it.
+
+Run it with ``nox -s bench`` (after the throughput table) or directly as ``netns/isolate python
+tests/bench/l2_flood.py [--rate 100000] [--seconds 5]``.  Never a pass/fail test.
+
+Method: a hub and three spokes, each ``minivpn up`` in ``Mode = tap`` in a namespace of its own
+(veth pairs hub<->spoke, 198.51.100.0/24 /30s; the TAP devices 10.98.0.1-4/24).  Spoke 1
+writes Ethernet frames with a random source MAC each, to an unknown unicast destination, into
+its TAP device through a packet socket: RATE frames/s, paced, for SECONDS (bounded: at most
+RATE * SECONDS frames).  Every one reaches the hub's switch, which must learn a new address per
+frame (the table is capped at 4096 entries) and flood the frame on (to the other spokes and
+its TAP device).  Meanwhile spoke 2 pings spoke 3 through the hub every 10 ms.  Printed: the
+frames offered and sent, the hub's RSS and MAC table size before, during and after, the pings'
+loss and round trips during the flood against a quiet baseline, and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from netns import Namespace, Topology  # noqa: E402
+
+PORT = 51820
+
+#: The flooder: RATE frames/s for SECONDS, each from a random locally administered source MAC.
+FLOOD = """
+import os, socket, sys, time
+ifname, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((ifname, 0))
+dst, tail = bytes.fromhex("02ee00000001"), bytes.fromhex("88b5") + bytes(46)
+sent = offered = 0
+start = time.monotonic()
+batch = max(1, rate // 1000)
+while (now := time.monotonic()) - start < seconds:
+    due = int((now - start) * rate)
+    while offered < due:
+        offered += 1
+        src = bytearray(os.urandom(6)); src[0] = (src[0] & 0xFC) | 0x02
+        try:
+            s.send(dst + src + tail)
+            sent += 1
+        except OSError:
+            pass
+    time.sleep(0.0005)
+print(offered, sent)
+"""
+
+
+def keypair() -> tuple[str, str]:
+    private = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout
+    public = subprocess.run(
+        ["wg", "pubkey"], input=private, capture_output=True, text=True, check=True
+    ).stdout
+    return private.strip(), public.strip()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def table_size(ns: Namespace, name: str) -> int:
+    shown = ns.run([sys.executable, "-m", "minivpn", "show", name, "--json"]).stdout
+    return len(json.loads(shown)["mac_table"])
+
+
+def ping_stats(ns: Namespace, address: str, seconds: float) -> str:
+    count = int(seconds / 0.01)
+    result = ns.run(
+        ["ping", "-n", "-q", "-c", str(count), "-i", "0.01", "-W", "1", address],
+        check=False,
+        timeout=seconds * 3 + 20,
+    )
+    loss = re.search(r"([\d.]+)% packet loss", result.stdout)
+    rtt = re.search(r"= [\d.]+/([\d.]+)/([\d.]+)/", result.stdout)
+    return (
+        f"{loss.group(1) if loss else '?'}% lost, rtt avg {rtt.group(1) if rtt else '?'} ms, "
+        f"max {rtt.group(2) if rtt else '?'} ms"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rate", type=int, default=100_000, help="frames/s (default 100000)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="flood length (default 5)")
+    args = parser.parse_args()
+    if not 0 < args.seconds <= 30 or not 0 < args.rate <= 1_000_000:
+        parser.error("--seconds must be in (0, 30] and --rate in (0, 1000000]")
+    if os.environ.get("MINIVPN_ISOLATED") != "1":
+        isolate = str(ROOT / "netns/isolate")
+        os.execvp(isolate, [isolate, sys.executable, *sys.argv])
+    with Topology("mvf") as topo:
+        hub = topo.namespace("h")
+        spokes = [topo.namespace("s") for _ in range(3)]
+        keys = {"hub": keypair(), **{f"s{n}": keypair() for n in range(3)}}
+        hub_text = f"[Interface]\nMode = tap\nPrivateKey = {keys['hub'][0]}\nListenPort = {PORT}\n"
+        hub_text += "Address = 10.98.0.1/24\n"
+        configs = {}
+        for n, spoke in enumerate(spokes):
+            hub_end, spoke_end = topo.veth(hub, spoke)
+            hub.ip("addr", "add", f"198.51.100.{4 * n + 1}/30", "dev", hub_end)
+            spoke.ip("addr", "add", f"198.51.100.{4 * n + 2}/30", "dev", spoke_end)
+            hub_text += f"\n[Peer]\nPublicKey = {keys[f's{n}'][1]}\n"
+            hub_text += f"Endpoint = 198.51.100.{4 * n + 2}:{PORT}\n"
+            configs[f"mvfs{n}"] = (
+                spoke,
+                f"[Interface]\nMode = tap\nPrivateKey = {keys[f's{n}'][0]}\n"
+                f"ListenPort = {PORT}\nAddress = 10.98.0.{n + 2}/24\n\n"
+                f"[Peer]\nPublicKey = {keys['hub'][1]}\n"
+                f"Endpoint = 198.51.100.{4 * n + 1}:{PORT}\nPersistentKeepalive = 25\n",
+            )
+        configs["mvfhub"] = (hub, hub_text)
+        pids = {}
+        for name, (ns, text) in configs.items():
+            path = Path(f"/run/{name}.conf")
+            path.write_text(text)
+            path.chmod(0o600)
+            proc = ns.popen(
+                [sys.executable, "-m", "minivpn", "up", str(path), "--foreground"],
+                stderr=subprocess.DEVNULL,
+            )
+            pids[name] = proc.pid
+        deadline = time.monotonic() + 20
+        for address in ("10.98.0.2", "10.98.0.3", "10.98.0.4"):
+            while hub.run(["ping", "-c", "1", "-W", "1", address], check=False).returncode:
+                if time.monotonic() > deadline:
+                    print("l2_flood: the tunnels did not come up", file=sys.stderr)
+                    return 1
+        spokes[1].run(["ping", "-c", "3", "-i", "0.2", "10.98.0.4"], check=False)
+        hub_pid = pids["mvfhub"]
+        print(f"l2_flood: load average {Path('/proc/loadavg').read_text().split()[0]} at start")
+        before = (rss_kib(hub_pid), table_size(hub, "mvfhub"))
+        quiet = ping_stats(spokes[1], "10.98.0.4", 2.0)
+        flood = spokes[0].popen(
+            [sys.executable, "-c", FLOOD, "mvfs0", str(args.rate), str(args.seconds)],
+            stdout=subprocess.PIPE,
+        )
+        time.sleep(0.5)
+        during_ping = ping_stats(spokes[1], "10.98.0.4", max(1.0, args.seconds - 2.0))
+        during = (rss_kib(hub_pid), table_size(hub, "mvfhub"))
+        out, _ = flood.communicate(timeout=args.seconds + 30)
+        offered, sent = (int(x) for x in out.split())
+        time.sleep(1.0)
+        after = (rss_kib(hub_pid), table_size(hub, "mvfhub"))
+        load = Path("/proc/loadavg").read_text().split()[0]
+        print(f"\nrandom-source-MAC flood: {args.rate} frames/s offered for {args.seconds:g} s")
+        print("| | value |\n|---|---|")
+        print(f"| frames offered / written to spoke 1's TAP | {offered} / {sent} |")
+        print(f"| hub RSS before / during / after (MiB) | {before[0] / 1024:.1f} / "
+              f"{during[0] / 1024:.1f} / {after[0] / 1024:.1f} |")  # fmt: skip
+        print(f"| hub MAC table before / during / after | {before[1]} / {during[1]} / {after[1]} |")
+        print(f"| ping spoke 2 -> spoke 3, quiet (2 s) | {quiet} |")
+        print(f"| ping spoke 2 -> spoke 3, during the flood | {during_ping} |")
+        print(f"| 1-minute load average at the end | {load} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
