@@ -195,17 +195,22 @@ def test_user_switch_keeps_cap_net_admin(topo: Topology, daemons: Daemons, tmp_p
     name = fresh_name("u")
     pid = start_minivpnd(ns, name, daemons, "--user", str(NOBODY), "--group", str(NOBODY))
     assert_dropped(pid, caps=CAP_NET_ADMIN, uid=NOBODY)
-    # The socket stays root's: wg (root) configures the daemon, nobody else may.
+    # The sockets stay root's: wg (root) configures the daemon, nobody else may.
     assert (SOCKET_DIR / f"{name}.sock").stat().st_uid == os.getuid()
+    assert (SOCKET_DIR / f"{name}.trace").stat().st_uid == os.getuid()
     ns.run(["wg", "set", name, "listen-port", "52110", "fwmark", "0x7"])
     assert udp_marks(ns, 52110) == ["fwmark:0x7", "fwmark:0x7"]
     os.kill(pid, signal.SIGTERM)
     daemons.wait_gone(pid)
     assert link(ns, name) is None
-    # The janitor (uid 0, no capability) removes the file the daemon may no longer remove.
-    wait_until(
-        lambda: not (SOCKET_DIR / f"{name}.sock").exists(), timeout=5, what="the socket to go"
-    )
+    # The janitor (uid 0, no capability) removes the files the daemon may no longer remove:
+    # the UAPI socket and the trace socket beside it.
+    for suffix in (".sock", ".trace"):
+        wait_until(
+            lambda suffix=suffix: not (SOCKET_DIR / f"{name}{suffix}").exists(),
+            timeout=5,
+            what=f"the {suffix} socket to go",
+        )
 
 
 @needs_second_uid
