@@ -139,6 +139,43 @@ def test_the_cap_evicts_from_the_port_with_most_entries() -> None:
     assert [e.mac for e in switch.entries(10.0) if e.port == B] == [mac(n) for n in range(193, 200)]
 
 
+def test_storm_control_limits_each_ports_floods_to_a_rate_with_a_burst() -> None:
+    switch: LearningSwitch[str] = LearningSwitch(flood_rate=10.0, flood_burst=3.0)
+    flooded = [switch.forward(mac(1), BROADCAST, A, 0.0) for _ in range(5)]
+    assert flooded == [Verdict.FLOOD] * 3 + [Verdict.FLOOD_LIMITED] * 2  # the burst, then none
+    # Another port has a bucket of its own; unknown unicast and multicast count too.
+    assert switch.forward(mac(2), mac(9), B, 0.0) is Verdict.FLOOD
+    assert switch.forward(mac(2), MULTICAST, B, 0.0) is Verdict.FLOOD
+    assert switch.forward(mac(2), mac(8), B, 0.0) is Verdict.FLOOD
+    assert switch.forward(mac(2), mac(7), B, 0.0) is Verdict.FLOOD_LIMITED
+    # Known unicast is never limited, and a limited frame's source is still learned.
+    assert switch.forward(mac(1), mac(2), A, 0.0) == B
+    assert switch.forward(mac(3), BROADCAST, A, 0.0) is Verdict.FLOOD_LIMITED
+    assert switch.lookup(mac(3), 0.0) == A
+    # The clock refills the bucket: 10 a second, one every 0.1 s, never above the burst.
+    assert switch.forward(mac(1), BROADCAST, A, 0.05) is Verdict.FLOOD_LIMITED
+    assert switch.forward(mac(1), BROADCAST, A, 0.1) is Verdict.FLOOD
+    assert switch.forward(mac(1), BROADCAST, A, 0.1) is Verdict.FLOOD_LIMITED
+    later = [switch.forward(mac(1), BROADCAST, A, 100.0) for _ in range(4)]
+    assert later == [Verdict.FLOOD] * 3 + [Verdict.FLOOD_LIMITED]
+
+
+def test_storm_control_off_and_a_forgotten_ports_bucket() -> None:
+    unlimited: LearningSwitch[str] = LearningSwitch(flood_rate=None)
+    assert all(unlimited.forward(mac(1), BROADCAST, A, 0.0) is Verdict.FLOOD for _ in range(5000))
+    switch: LearningSwitch[str] = LearningSwitch(flood_rate=1.0, flood_burst=1.0)
+    assert switch.forward(mac(1), BROADCAST, A, 0.0) is Verdict.FLOOD
+    assert switch.forward(mac(1), BROADCAST, A, 0.0) is Verdict.FLOOD_LIMITED
+    switch.forget_port(A)  # a peer removed and added again starts with a full bucket
+    assert switch.forward(mac(1), BROADCAST, A, 0.0) is Verdict.FLOOD
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0.0, 10.0), (-1.0, 10.0), (10.0, 0.5)])
+def test_storm_control_needs_a_positive_rate_and_burst(rate: float, burst: float) -> None:
+    with pytest.raises(ValueError, match="storm control"):
+        LearningSwitch(flood_rate=rate, flood_burst=burst)
+
+
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least one"):
         LearningSwitch(capacity=0)
@@ -186,11 +223,30 @@ frames = st.tuples(
     capacity=st.integers(1, 20),
     aging=st.sampled_from([50.0, 300.0]),
     restrict_c=st.booleans(),
+    storm=st.one_of(st.none(), st.tuples(st.sampled_from([0.01, 0.05, 1.0]), st.integers(1, 3))),
 )
 def test_the_switch_against_a_model(
-    traffic: list[tuple[int, int, str, float]], capacity: int, aging: float, restrict_c: bool
+    traffic: list[tuple[int, int, str, float]],
+    capacity: int,
+    aging: float,
+    restrict_c: bool,
+    storm: tuple[float, int] | None,
 ) -> None:
-    switch: LearningSwitch[str] = LearningSwitch(aging=aging, capacity=capacity)
+    rate, burst = storm if storm else (None, 1)
+    switch: LearningSwitch[str] = LearningSwitch(
+        aging=aging, capacity=capacity, flood_rate=rate, flood_burst=burst
+    )
+    # Storm control's model: per port, floods it may send and when that was counted.
+    buckets: dict[str, tuple[float, float]] = {}
+
+    def may_flood(port: str, now: float) -> bool:
+        if rate is None:
+            return True
+        tokens, stamp = buckets.get(port, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - stamp) * rate)
+        buckets[port] = (tokens - 1.0 if tokens >= 1.0 else tokens, now)
+        return tokens >= 1.0
+
     allowed_c = {mac(n) for n in range(1, 5)}
     if restrict_c:
         switch.set_allowed_macs(C, [MacPrefix(m) for m in allowed_c])
@@ -240,7 +296,7 @@ def test_the_switch_against_a_model(
             remove(target[0], destination)
             target = None
         if not destination_n or target is None:
-            assert verdict is Verdict.FLOOD
+            assert verdict is (Verdict.FLOOD if may_flood(port, now) else Verdict.FLOOD_LIMITED)
         elif target[0] == port:
             assert verdict is Verdict.FILTER
         else:

@@ -107,6 +107,9 @@ class DropReason(enum.Enum):
     OVERSIZED_FRAME = "oversized_frame"
     #: ``Mode = tap``: a frame whose source MAC address is not in the sending peer's AllowedMACs.
     DISALLOWED_MAC = "disallowed_mac"
+    #: ``Mode = tap``: a broadcast, multicast or unknown-unicast frame beyond its port's flood
+    #: limit (the switch's storm control, docs/l2.md).
+    FLOOD_LIMITED = "flood_limited"
 
 
 @attrs.frozen
