@@ -205,7 +205,8 @@ def main() -> int:
         print(f"| hub RSS before / during / after (MiB) | {before[0] / 1024:.1f} / "
               f"{during[0] / 1024:.1f} / {after[0] / 1024:.1f} |")  # fmt: skip
         print(f"| hub MAC table before / during / after | {before[1]} / {during[1]} / {after[1]} |")
-        print(f"| spoke 1's TAP device: frames minivpn did not read in time | {tap_dropped.strip()} |")
+        unread = tap_dropped.strip()
+        print(f"| spoke 1's TAP device: frames minivpn did not read in time | {unread} |")
         print(f"| spoke 1 {spoke_drops} |")
         print(f"| hub {hub_drops} |")
         print(f"| ping spoke 2 -> spoke 3, quiet (2 s) | {quiet} |")
