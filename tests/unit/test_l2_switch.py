@@ -85,6 +85,20 @@ def test_a_move_follows_the_address_and_is_reported_once() -> None:
     assert switch.forward(mac(9), mac(1), C, 2.0) == B
 
 
+def test_a_flapping_address_is_reported_once_per_interval_and_counted() -> None:
+    switch: LearningSwitch[str] = LearningSwitch()
+    switch.forward(mac(1), BROADCAST, A, 0.0)
+    for n in range(1, 101):  # 100 moves between A and B in 5 seconds
+        switch.forward(mac(1), BROADCAST, B if n % 2 else A, n * 0.05)
+    assert switch.moves == [MacMove(mac(1), A, B)]
+    assert switch.unreported_moves == 99
+    assert switch.lookup(mac(1), 5.0) == A  # the table follows every move all the same
+    switch.forward(mac(2), BROADCAST, A, 5.0)  # another address is reported at once
+    switch.forward(mac(2), BROADCAST, B, 5.0)
+    switch.forward(mac(1), BROADCAST, B, 10.05)  # 10 s after the last report: reported
+    assert switch.moves[1:] == [MacMove(mac(2), A, B), MacMove(mac(1), A, B)]
+
+
 def test_an_aged_out_address_seen_elsewhere_is_not_a_move() -> None:
     switch: LearningSwitch[str] = LearningSwitch(aging=10.0)
     switch.forward(mac(1), BROADCAST, A, 0.0)
@@ -264,6 +278,8 @@ def test_the_switch_against_a_model(
             del learned[port]
 
     moves: list[MacMove[str]] = []
+    reported: dict[bytes, float] = {}  # when a move of an address in the table was reported
+    unreported = 0
     now = 0.0
     for source_n, destination_n, port, step in traffic:
         now += step
@@ -283,16 +299,21 @@ def test_the_switch_against_a_model(
                 oldest = learned[largest][0]
                 remove(largest, oldest)
                 del table[oldest]
+                reported.pop(oldest, None)
             add(port, source)
         elif known[0] != port:
-            if now - known[1] <= aging:
+            if now - known[1] <= aging and now - reported.get(source, -1e9) >= 10.0:
                 moves.append(MacMove(source, known[0], port))
+                reported[source] = now
+            elif now - known[1] <= aging:
+                unreported += 1
             remove(known[0], source)
             add(port, source)
         table[source] = (port, now)
         target = table.get(destination)
         if target is not None and now - target[1] > aging:  # aged out: forgotten when used
             del table[destination]
+            reported.pop(destination, None)
             remove(target[0], destination)
             target = None
         if not destination_n or target is None:
@@ -305,3 +326,4 @@ def test_the_switch_against_a_model(
         live = {m: (p, now - seen) for m, (p, seen) in table.items() if now - seen <= aging}
         assert {e.mac: (e.port, e.age) for e in switch.entries(now)} == live
     assert switch.moves == moves
+    assert switch.unreported_moves == unreported

@@ -20,7 +20,9 @@ The rules, as any learning bridge has them (IEEE 802.1D, "transparent bridging")
   they came from (split horizon: a frame never goes back where it came from).
 * **Moves.**  A source address seen on another port than before has moved (a laptop changed
   sites, a VM migrated); the entry follows it, and the move is reported (:attr:`moves`), so that
-  the runtime can log it.
+  the runtime can log it: at most once per ``MOVE_REPORT_INTERVAL`` seconds for one address,
+  so that an address flapping between two ports (a loop, two hosts with one address) does not
+  flood the log; the moves not reported are counted (:attr:`unreported_moves`).
 * **AllowedMACs.**  A port may be limited to a list of source addresses (or prefixes, such as an
   OUI): the layer-2 form of WireGuard's cryptokey routing, where a peer may only *send from* its
   own allowed IPs.  A frame from another source is refused before anything is learned from it,
@@ -44,6 +46,7 @@ a flooded frame also takes a token; aging is checked lazily, when an entry is us
 from __future__ import annotations
 
 import enum
+import math
 import re
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
@@ -58,6 +61,7 @@ __all__ = [
     "DEFAULT_CAPACITY",
     "DEFAULT_FLOOD_BURST",
     "DEFAULT_FLOOD_RATE",
+    "MOVE_REPORT_INTERVAL",
     "InvalidMac",
     "LearningSwitch",
     "MacEntry",
@@ -79,6 +83,8 @@ DEFAULT_CAPACITY = 4096
 DEFAULT_FLOOD_RATE = 2000.0
 #: Flooded frames a port may send at once, above the rate (an ARP sweep of a /24 is 256).
 DEFAULT_FLOOD_BURST = 1000.0
+#: Seconds between two reported moves of one address (the others are only counted).
+MOVE_REPORT_INTERVAL = 10.0
 #: The broadcast address, ff:ff:ff:ff:ff:ff.
 BROADCAST: Final = b"\xff" * 6
 _ZERO_MAC: Final = bytes(6)
@@ -202,11 +208,12 @@ class MacEntry(Generic[P]):
 class _Entry(Generic[P]):
     """Where an address was last seen, and when: one slot of the table (mutable, per frame)."""
 
-    __slots__ = ("port", "seen")
+    __slots__ = ("port", "reported", "seen")
 
     def __init__(self, port: P, seen: float) -> None:
         self.port = port
         self.seen = seen
+        self.reported = -math.inf  # when a move of this address was last reported
 
 
 class _Bucket:
@@ -231,7 +238,9 @@ class LearningSwitch(Generic[P]):
 
     Attributes:
         moves: addresses that moved between ports since the caller last emptied the list
-            (the core turns them into events).
+            (the core turns them into events); one address at most once per
+            MOVE_REPORT_INTERVAL seconds.
+        unreported_moves: the moves not reported for that reason.
     """
 
     def __init__(
@@ -250,6 +259,7 @@ class LearningSwitch(Generic[P]):
         self.flood_rate = flood_rate
         self.flood_burst = flood_burst
         self.moves: list[MacMove[P]] = []
+        self.unreported_moves = 0
         self._table: dict[bytes, _Entry[P]] = {}
         # The addresses behind each port, oldest learned first (dicts keep insertion order):
         # where an address is evicted from when the table is full.
@@ -364,8 +374,13 @@ class LearningSwitch(Generic[P]):
 
     def _move(self, mac: bytes, entry: _Entry[P], port: P, now: float) -> None:
         old = entry.port
-        if now - entry.seen <= self.aging:  # an aged-out entry did not move: it was dead
+        if now - entry.seen > self.aging:
+            pass  # an aged-out entry did not move: it was dead
+        elif now - entry.reported >= MOVE_REPORT_INTERVAL:
             self.moves.append(MacMove(mac, old, port))
+            entry.reported = now
+        else:
+            self.unreported_moves += 1  # flapping: reported a moment ago
         behind = self._by_port[old]
         del behind[mac]
         if not behind:
