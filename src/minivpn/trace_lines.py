@@ -79,6 +79,10 @@ DROP_EXPLANATIONS = {
         "one datagram"
     ),
     "disallowed_mac": "Mode = tap: its source MAC address is not in that peer's AllowedMACs",
+    "flood_limited": (
+        "Mode = tap: a broadcast, multicast or unknown-unicast frame beyond its port's flood limit "
+        "(storm control)"
+    ),
 }
 
 _TIMER_NAMES = {

@@ -11,7 +11,14 @@ RATE * SECONDS frames).  Every one reaches the hub's switch, which must learn a 
 frame (the table is capped at 4096 entries) and flood the frame on (to the other spokes and
 its TAP device).  Meanwhile spoke 2 pings spoke 3 through the hub every 10 ms.  Printed: the
 frames offered and sent, the hub's RSS and MAC table size before, during and after, the pings'
-loss and round trips during the flood against a quiet baseline, and the load average.
+loss and round trips during the flood against a quiet baseline, the drop counters of spoke 1
+and the hub (SIGUSR1: ``flood_limited`` is storm control), what spoke 1's TAP device dropped
+because minivpn did not read it in time, and the load average.
+
+``--no-storm-control flooder`` runs spoke 1 without storm control (its switch floods all it
+gets, as a peer that is not minivpn, or a modified one, would): then the hub's storm control is
+what protects the other spokes; ``--no-storm-control all`` runs every node without it (the
+switch as it was before storm control, for comparison in the same run).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -77,6 +85,25 @@ def table_size(ns: Namespace, name: str) -> int:
     return len(json.loads(shown)["mac_table"])
 
 
+#: ``minivpn up`` with storm control off: EthernetCore's flood_rate defaults to None.
+UNLIMITED = (
+    "import sys; from minivpn.wireguard.ethernet import EthernetCore; "
+    "EthernetCore.__init__.__kwdefaults__['flood_rate'] = None; "
+    "from minivpn.cli.main import main; sys.argv[0] = 'minivpn'; sys.exit(main())"
+)
+
+
+def drops(pid: int, log: Path) -> str:
+    """The drop counters minivpn logs on SIGUSR1."""
+    before = log.read_text().count("dropped ")
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while log.read_text().count("dropped ") == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    found = re.findall(r"dropped \d+.*", log.read_text())
+    return found[-1] if found else "?"
+
+
 def ping_stats(ns: Namespace, address: str, seconds: float) -> str:
     count = int(seconds / 0.01)
     result = ns.run(
@@ -96,6 +123,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rate", type=int, default=100_000, help="frames/s (default 100000)")
     parser.add_argument("--seconds", type=float, default=5.0, help="flood length (default 5)")
+    parser.add_argument(
+        "--no-storm-control",
+        choices=("none", "flooder", "all"),
+        default="none",
+        help="nodes without storm control: none (default), spoke 1, all",
+    )
     args = parser.parse_args()
     if not 0 < args.seconds <= 30 or not 0 < args.rate <= 1_000_000:
         parser.error("--seconds must be in (0, 30] and --rate in (0, 1000000]")
@@ -124,14 +157,20 @@ def main() -> int:
             )
         configs["mvfhub"] = (hub, hub_text)
         pids = {}
+        logs = {}
         for name, (ns, text) in configs.items():
             path = Path(f"/run/{name}.conf")
             path.write_text(text)
             path.chmod(0o600)
-            proc = ns.popen(
-                [sys.executable, "-m", "minivpn", "up", str(path), "--foreground"],
-                stderr=subprocess.DEVNULL,
+            logs[name] = Path(f"/run/{name}.log")
+            unlimited = args.no_storm_control == "all" or (
+                args.no_storm_control == "flooder" and name == "mvfs0"
             )
+            start = ["-c", UNLIMITED] if unlimited else ["-m", "minivpn"]
+            with logs[name].open("w") as log:
+                proc = ns.popen(
+                    [sys.executable, *start, "up", str(path), "--foreground"], stderr=log
+                )
             pids[name] = proc.pid
         deadline = time.monotonic() + 20
         for address in ("10.98.0.2", "10.98.0.3", "10.98.0.4"):
@@ -155,13 +194,21 @@ def main() -> int:
         offered, sent = (int(x) for x in out.split())
         time.sleep(1.0)
         after = (rss_kib(hub_pid), table_size(hub, "mvfhub"))
+        tap_dropped = spokes[0].run(["cat", "/sys/class/net/mvfs0/statistics/tx_dropped"]).stdout
+        spoke_drops = drops(pids["mvfs0"], logs["mvfs0"])
+        hub_drops = drops(hub_pid, logs["mvfhub"])
         load = Path("/proc/loadavg").read_text().split()[0]
-        print(f"\nrandom-source-MAC flood: {args.rate} frames/s offered for {args.seconds:g} s")
+        print(f"\nrandom-source-MAC flood: {args.rate} frames/s offered for {args.seconds:g} s "
+              f"(storm control off: {args.no_storm_control})")  # fmt: skip
         print("| | value |\n|---|---|")
         print(f"| frames offered / written to spoke 1's TAP | {offered} / {sent} |")
         print(f"| hub RSS before / during / after (MiB) | {before[0] / 1024:.1f} / "
               f"{during[0] / 1024:.1f} / {after[0] / 1024:.1f} |")  # fmt: skip
         print(f"| hub MAC table before / during / after | {before[1]} / {during[1]} / {after[1]} |")
+        unread = tap_dropped.strip()
+        print(f"| spoke 1's TAP device: frames minivpn did not read in time | {unread} |")
+        print(f"| spoke 1 {spoke_drops} |")
+        print(f"| hub {hub_drops} |")
         print(f"| ping spoke 2 -> spoke 3, quiet (2 s) | {quiet} |")
         print(f"| ping spoke 2 -> spoke 3, during the flood | {during_ping} |")
         print(f"| 1-minute load average at the end | {load} |")

@@ -186,6 +186,7 @@ class Scene:
             files = self._host_dir(host)
             files.mkdir()
             (files / "wireguard").mkdir(mode=0o700)
+            (files / "log").mkdir()  # /var/log: a background `minivpn up` logs there
             (files / "hosts").write_text(f"127.0.0.1 localhost\n::1 localhost\n{known}")
         if self.users:
             passwd = Path("/etc/passwd").read_text()
@@ -249,6 +250,7 @@ class Scene:
         mounts = [
             f"mount --bind {files / 'hosts'} /etc/hosts",
             f"mount --bind {files / 'wireguard'} /run/wireguard",
+            f"mount --bind {files / 'log'} /var/log",
         ]
         if self.users:
             mounts += [

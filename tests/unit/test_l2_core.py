@@ -85,6 +85,28 @@ def test_a_mac_move_between_spokes_is_reported() -> None:
     assert two.tap[-1] == frame(HOST1, HUBHOST)
 
 
+def test_storm_control_drops_and_counts_floods_beyond_the_limit_on_both_ways() -> None:
+    net, hub, one, two = hub_and_spokes()
+    for node in (hub, one):
+        node.core.switch.flood_rate, node.core.switch.flood_burst = 1.0, 2.0
+    net.frame_from_tap(two, frame(BROADCAST, HOST2))  # before the limits: spoke 2's bucket
+    hub.tap.clear()
+    two.tap.clear()
+    for n in range(3):  # spoke 1's TAP port may flood two: the third is dropped there
+        net.frame_from_tap(one, frame(BROADCAST, bytes([2, 1, 0, 0, 0, n])))
+    assert one.drops() == {"flood_limited": 1}
+    assert len(hub.tap) == len(two.tap) == 2
+    one.core.switch.flood_rate = None  # spoke 1 floods unlimited: now the hub limits it
+    for n in range(3, 6):
+        net.frame_from_tap(one, frame(BROADCAST, bytes([2, 1, 0, 0, 0, n])))
+    assert hub.drops() == {"flood_limited": 3}  # spoke 1's port at the hub has no token left
+    assert len(hub.tap) == len(two.tap) == 2
+    known = bytes([2, 1, 0, 0, 0, 0])  # learned behind spoke 1: unicast to it still flows
+    net.frame_from_tap(two, frame(known, HOST2))
+    assert one.tap[-1] == frame(known, HOST2)
+    assert hub.drops() == {"flood_limited": 3}
+
+
 def test_allowed_macs_refuse_a_forged_source_and_count_it() -> None:
     net, hub, one, two = hub_and_spokes()
     hub.core.set_allowed_macs(one.public_key, [MacPrefix(HOST1)])

@@ -85,6 +85,20 @@ def test_a_move_follows_the_address_and_is_reported_once() -> None:
     assert switch.forward(mac(9), mac(1), C, 2.0) == B
 
 
+def test_a_flapping_address_is_reported_once_per_interval_and_counted() -> None:
+    switch: LearningSwitch[str] = LearningSwitch()
+    switch.forward(mac(1), BROADCAST, A, 0.0)
+    for n in range(1, 101):  # 100 moves between A and B in 5 seconds
+        switch.forward(mac(1), BROADCAST, B if n % 2 else A, n * 0.05)
+    assert switch.moves == [MacMove(mac(1), A, B)]
+    assert switch.unreported_moves == 99
+    assert switch.lookup(mac(1), 5.0) == A  # the table follows every move all the same
+    switch.forward(mac(2), BROADCAST, A, 5.0)  # another address is reported at once
+    switch.forward(mac(2), BROADCAST, B, 5.0)
+    switch.forward(mac(1), BROADCAST, B, 10.05)  # 10 s after the last report: reported
+    assert switch.moves[1:] == [MacMove(mac(2), A, B), MacMove(mac(1), A, B)]
+
+
 def test_an_aged_out_address_seen_elsewhere_is_not_a_move() -> None:
     switch: LearningSwitch[str] = LearningSwitch(aging=10.0)
     switch.forward(mac(1), BROADCAST, A, 0.0)
@@ -139,6 +153,43 @@ def test_the_cap_evicts_from_the_port_with_most_entries() -> None:
     assert [e.mac for e in switch.entries(10.0) if e.port == B] == [mac(n) for n in range(193, 200)]
 
 
+def test_storm_control_limits_each_ports_floods_to_a_rate_with_a_burst() -> None:
+    switch: LearningSwitch[str] = LearningSwitch(flood_rate=10.0, flood_burst=3.0)
+    flooded = [switch.forward(mac(1), BROADCAST, A, 0.0) for _ in range(5)]
+    assert flooded == [Verdict.FLOOD] * 3 + [Verdict.FLOOD_LIMITED] * 2  # the burst, then none
+    # Another port has a bucket of its own; unknown unicast and multicast count too.
+    assert switch.forward(mac(2), mac(9), B, 0.0) is Verdict.FLOOD
+    assert switch.forward(mac(2), MULTICAST, B, 0.0) is Verdict.FLOOD
+    assert switch.forward(mac(2), mac(8), B, 0.0) is Verdict.FLOOD
+    assert switch.forward(mac(2), mac(7), B, 0.0) is Verdict.FLOOD_LIMITED
+    # Known unicast is never limited, and a limited frame's source is still learned.
+    assert switch.forward(mac(1), mac(2), A, 0.0) == B
+    assert switch.forward(mac(3), BROADCAST, A, 0.0) is Verdict.FLOOD_LIMITED
+    assert switch.lookup(mac(3), 0.0) == A
+    # The clock refills the bucket: 10 a second, one every 0.1 s, never above the burst.
+    assert switch.forward(mac(1), BROADCAST, A, 0.05) is Verdict.FLOOD_LIMITED
+    assert switch.forward(mac(1), BROADCAST, A, 0.1) is Verdict.FLOOD
+    assert switch.forward(mac(1), BROADCAST, A, 0.1) is Verdict.FLOOD_LIMITED
+    later = [switch.forward(mac(1), BROADCAST, A, 100.0) for _ in range(4)]
+    assert later == [Verdict.FLOOD] * 3 + [Verdict.FLOOD_LIMITED]
+
+
+def test_storm_control_off_and_a_forgotten_ports_bucket() -> None:
+    unlimited: LearningSwitch[str] = LearningSwitch(flood_rate=None)
+    assert all(unlimited.forward(mac(1), BROADCAST, A, 0.0) is Verdict.FLOOD for _ in range(5000))
+    switch: LearningSwitch[str] = LearningSwitch(flood_rate=1.0, flood_burst=1.0)
+    assert switch.forward(mac(1), BROADCAST, A, 0.0) is Verdict.FLOOD
+    assert switch.forward(mac(1), BROADCAST, A, 0.0) is Verdict.FLOOD_LIMITED
+    switch.forget_port(A)  # a peer removed and added again starts with a full bucket
+    assert switch.forward(mac(1), BROADCAST, A, 0.0) is Verdict.FLOOD
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0.0, 10.0), (-1.0, 10.0), (10.0, 0.5)])
+def test_storm_control_needs_a_positive_rate_and_burst(rate: float, burst: float) -> None:
+    with pytest.raises(ValueError, match="storm control"):
+        LearningSwitch(flood_rate=rate, flood_burst=burst)
+
+
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least one"):
         LearningSwitch(capacity=0)
@@ -186,11 +237,30 @@ frames = st.tuples(
     capacity=st.integers(1, 20),
     aging=st.sampled_from([50.0, 300.0]),
     restrict_c=st.booleans(),
+    storm=st.one_of(st.none(), st.tuples(st.sampled_from([0.01, 0.05, 1.0]), st.integers(1, 3))),
 )
 def test_the_switch_against_a_model(
-    traffic: list[tuple[int, int, str, float]], capacity: int, aging: float, restrict_c: bool
+    traffic: list[tuple[int, int, str, float]],
+    capacity: int,
+    aging: float,
+    restrict_c: bool,
+    storm: tuple[float, int] | None,
 ) -> None:
-    switch: LearningSwitch[str] = LearningSwitch(aging=aging, capacity=capacity)
+    rate, burst = storm if storm else (None, 1)
+    switch: LearningSwitch[str] = LearningSwitch(
+        aging=aging, capacity=capacity, flood_rate=rate, flood_burst=burst
+    )
+    # Storm control's model: per port, floods it may send and when that was counted.
+    buckets: dict[str, tuple[float, float]] = {}
+
+    def may_flood(port: str, now: float) -> bool:
+        if rate is None:
+            return True
+        tokens, stamp = buckets.get(port, (float(burst), now))
+        tokens = min(float(burst), tokens + (now - stamp) * rate)
+        buckets[port] = (tokens - 1.0 if tokens >= 1.0 else tokens, now)
+        return tokens >= 1.0
+
     allowed_c = {mac(n) for n in range(1, 5)}
     if restrict_c:
         switch.set_allowed_macs(C, [MacPrefix(m) for m in allowed_c])
@@ -208,6 +278,8 @@ def test_the_switch_against_a_model(
             del learned[port]
 
     moves: list[MacMove[str]] = []
+    reported: dict[bytes, float] = {}  # when a move of an address in the table was reported
+    unreported = 0
     now = 0.0
     for source_n, destination_n, port, step in traffic:
         now += step
@@ -227,20 +299,25 @@ def test_the_switch_against_a_model(
                 oldest = learned[largest][0]
                 remove(largest, oldest)
                 del table[oldest]
+                reported.pop(oldest, None)
             add(port, source)
         elif known[0] != port:
-            if now - known[1] <= aging:
+            if now - known[1] <= aging and now - reported.get(source, -1e9) >= 10.0:
                 moves.append(MacMove(source, known[0], port))
+                reported[source] = now
+            elif now - known[1] <= aging:
+                unreported += 1
             remove(known[0], source)
             add(port, source)
         table[source] = (port, now)
         target = table.get(destination)
         if target is not None and now - target[1] > aging:  # aged out: forgotten when used
             del table[destination]
+            reported.pop(destination, None)
             remove(target[0], destination)
             target = None
         if not destination_n or target is None:
-            assert verdict is Verdict.FLOOD
+            assert verdict is (Verdict.FLOOD if may_flood(port, now) else Verdict.FLOOD_LIMITED)
         elif target[0] == port:
             assert verdict is Verdict.FILTER
         else:
@@ -249,3 +326,4 @@ def test_the_switch_against_a_model(
         live = {m: (p, now - seen) for m, (p, seen) in table.items() if now - seen <= aging}
         assert {e.mac: (e.port, e.age) for e in switch.entries(now)} == live
     assert switch.moves == moves
+    assert switch.unreported_moves == unreported

@@ -75,6 +75,7 @@ from minivpn.wireguard.send import TRANSPORT_OVERHEAD
 from minivpn.wireguard.switch import (
     DEFAULT_AGING,
     DEFAULT_CAPACITY,
+    DEFAULT_FLOOD_RATE,
     LearningSwitch,
     MacEntry,
     MacPrefix,
@@ -145,6 +146,8 @@ class EthernetCore(WireGuardCore):
     Args:
         mac_aging: seconds a learned MAC address lives without a frame from it.
         mac_table_size: the most MAC addresses the switch remembers.
+        flood_rate: flooded frames a second each port (a peer, the TAP device) may send, or
+            None: no limit (the switch's storm control).
 
     One frame each way, as :mod:`minivpn.runtime.frames` does it::
 
@@ -174,6 +177,7 @@ class EthernetCore(WireGuardCore):
         report_drops: bool = False,
         mac_aging: float = DEFAULT_AGING,
         mac_table_size: int = DEFAULT_CAPACITY,
+        flood_rate: float | None = DEFAULT_FLOOD_RATE,
     ) -> None:
         super().__init__(
             private_key,
@@ -185,7 +189,7 @@ class EthernetCore(WireGuardCore):
             wall_clock=wall_clock,
             report_drops=report_drops,
         )
-        self.switch: LearningSwitch[Port] = LearningSwitch(mac_aging, mac_table_size)
+        self.switch: LearningSwitch[Port] = LearningSwitch(mac_aging, mac_table_size, flood_rate)
 
     @classmethod
     def from_config(
@@ -274,6 +278,8 @@ class EthernetCore(WireGuardCore):
             return Switched(0, 0, datagrams) if datagrams else DONE
         if port is Verdict.FILTER:
             return DONE  # a host on this side, which has the frame already
+        if port is Verdict.FLOOD_LIMITED:
+            return self._drop(DropReason.FLOOD_LIMITED)  # storm control
         return self._drop(DropReason.INVALID_FRAME)  # its source is not a unicast address
 
     def _send_frame(self, peer: Peer, message: Buffer, out: memoryview, now: float) -> FrameSent:
@@ -411,6 +417,8 @@ class EthernetCore(WireGuardCore):
             return DONE  # a host behind the sender: it has the frame already
         if port is Verdict.DISALLOWED_SOURCE:
             return self._drop(DropReason.DISALLOWED_MAC, peer)
+        if port is Verdict.FLOOD_LIMITED:
+            return self._drop(DropReason.FLOOD_LIMITED, peer)  # storm control
         return self._drop(DropReason.INVALID_FRAME, peer)  # a source that is not unicast
 
     def _mode_mismatch(self, peer: Peer, received: str) -> FrameReceived:

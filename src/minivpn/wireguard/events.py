@@ -116,6 +116,9 @@ class DropReason(enum.Enum):
     OVERSIZED_FRAME = "oversized_frame"
     #: ``Mode = tap``: a frame whose source MAC address is not in the sending peer's AllowedMACs.
     DISALLOWED_MAC = "disallowed_mac"
+    #: ``Mode = tap``: a broadcast, multicast or unknown-unicast frame beyond its port's flood
+    #: limit (the switch's storm control, docs/l2.md).
+    FLOOD_LIMITED = "flood_limited"
     # The runtime's drops, counted by the core all the same (``core.note_drop``):
     #: A datagram the kernel would not send: larger than the path's MTU (EMSGSIZE).
     PACKET_TOO_BIG = "packet_too_big"

@@ -20,7 +20,9 @@ The rules, as any learning bridge has them (IEEE 802.1D, "transparent bridging")
   they came from (split horizon: a frame never goes back where it came from).
 * **Moves.**  A source address seen on another port than before has moved (a laptop changed
   sites, a VM migrated); the entry follows it, and the move is reported (:attr:`moves`), so that
-  the runtime can log it.
+  the runtime can log it: at most once per ``MOVE_REPORT_INTERVAL`` seconds for one address,
+  so that an address flapping between two ports (a loop, two hosts with one address) does not
+  flood the log; the moves not reported are counted (:attr:`unreported_moves`).
 * **AllowedMACs.**  A port may be limited to a list of source addresses (or prefixes, such as an
   OUI): the layer-2 form of WireGuard's cryptokey routing, where a peer may only *send from* its
   own allowed IPs.  A frame from another source is refused before anything is learned from it,
@@ -30,15 +32,23 @@ The rules, as any learning bridge has them (IEEE 802.1D, "transparent bridging")
   floods the switch with made-up source addresses only pushes out its own entries, and the
   other ports keep theirs (a plain "evict the oldest" table would let it push out everyone's,
   and every frame to them would then be flooded: to that port too).
+* **Storm control.**  Each port may flood at most ``flood_rate`` frames a second, with bursts of
+  up to ``flood_burst`` (a token bucket per port, filled by the clock the caller passes): a
+  flooded frame beyond that is refused (:attr:`Verdict.FLOOD_LIMITED`), so that one port
+  sending broadcasts or frames to unknown addresses at line rate cannot make the switch copy
+  every one of them to every other port.  Known unicast is never limited.  Switches call this
+  "storm control" (a Linux bridge has none; switch vendors' defaults are a share of the link).
 
 Per frame, :meth:`LearningSwitch.forward` does two dictionary lookups and one attribute store;
-aging is checked lazily, when an entry is used.
+a flooded frame also takes a token; aging is checked lazily, when an entry is used.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import re
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 import attrs
@@ -50,6 +60,9 @@ __all__ = [
     "BROADCAST",
     "DEFAULT_AGING",
     "DEFAULT_CAPACITY",
+    "DEFAULT_FLOOD_BURST",
+    "DEFAULT_FLOOD_RATE",
+    "MOVE_REPORT_INTERVAL",
     "InvalidMac",
     "LearningSwitch",
     "MacEntry",
@@ -65,6 +78,14 @@ DEFAULT_AGING = 300.0
 #: Entries the table holds at most (a Linux bridge has no limit by default; the switch of a VPN
 #: hub serves a few sites, and a cap keeps a peer that invents addresses from growing it).
 DEFAULT_CAPACITY = 4096
+#: Flooded frames (broadcast, multicast, unknown unicast) a second each port may send: far
+#: above what ARP, neighbour discovery, DHCP and service discovery need, far below what makes a
+#: hub in Python copy floods instead of forwarding unicast (docs/performance.md, "Layer 2").
+DEFAULT_FLOOD_RATE = 2000.0
+#: Flooded frames a port may send at once, above the rate (an ARP sweep of a /24 is 256).
+DEFAULT_FLOOD_BURST = 1000.0
+#: Seconds between two reported moves of one address (the others are only counted).
+MOVE_REPORT_INTERVAL = 10.0
 #: The broadcast address, ff:ff:ff:ff:ff:ff.
 BROADCAST: Final = b"\xff" * 6
 _ZERO_MAC: Final = bytes(6)
@@ -150,6 +171,9 @@ class Verdict(enum.Enum):
     #: The source address is not one the port may use (AllowedMACs): drop the frame, learn
     #: nothing.
     DISALLOWED_SOURCE = "disallowed_source"
+    #: The frame would be flooded, but its port has flooded all it may for now (storm
+    #: control): drop it (its source was learned).
+    FLOOD_LIMITED = "flood_limited"
 
 
 @attrs.frozen
@@ -185,11 +209,22 @@ class MacEntry(Generic[P]):
 class _Entry(Generic[P]):
     """Where an address was last seen, and when: one slot of the table (mutable, per frame)."""
 
-    __slots__ = ("port", "seen")
+    __slots__ = ("port", "reported", "seen")
 
     def __init__(self, port: P, seen: float) -> None:
         self.port = port
         self.seen = seen
+        self.reported = -math.inf  # when a move of this address was last reported
+
+
+class _Bucket:
+    """Storm control's token bucket of one port: floods it may still send, as of when."""
+
+    __slots__ = ("stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
 
 
 class LearningSwitch(Generic[P]):
@@ -198,23 +233,42 @@ class LearningSwitch(Generic[P]):
     Args:
         aging: seconds an entry lives without a frame from its address.
         capacity: the most entries the table holds (at least 1).
+        flood_rate: flooded frames a second each port may send (storm control), or None: no
+            limit.
+        flood_burst: flooded frames a port may send at once above the rate (at least 1).
 
     Attributes:
         moves: addresses that moved between ports since the caller last emptied the list
-            (the core turns them into events).
+            (the core turns them into events); one address at most once per
+            MOVE_REPORT_INTERVAL seconds.
+        unreported_moves: the moves not reported for that reason.
     """
 
-    def __init__(self, aging: float = DEFAULT_AGING, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(
+        self,
+        aging: float = DEFAULT_AGING,
+        capacity: int = DEFAULT_CAPACITY,
+        flood_rate: float | None = DEFAULT_FLOOD_RATE,
+        flood_burst: float = DEFAULT_FLOOD_BURST,
+    ) -> None:
         if capacity < 1:
             raise ValueError("the MAC table needs room for at least one entry")
+        if flood_burst < 1 or (flood_rate is not None and flood_rate <= 0):
+            raise ValueError("storm control needs a positive rate and a burst of at least 1")
         self.aging = aging
         self.capacity = capacity
+        self.flood_rate = flood_rate
+        self.flood_burst = flood_burst
         self.moves: list[MacMove[P]] = []
+        self.unreported_moves = 0
         self._table: dict[bytes, _Entry[P]] = {}
-        # The addresses behind each port, oldest learned first (dicts keep insertion order):
-        # where an address is evicted from when the table is full.
-        self._by_port: dict[P, dict[bytes, None]] = {}
+        # The addresses behind each port, oldest learned first: where an address is evicted
+        # from when the table is full.  An OrderedDict, not a dict: a dict finds its first key
+        # by skipping the slots of the keys deleted before it, which under a flood of new
+        # addresses made each eviction cost ~2 us instead of ~0.3 (docs/performance.md).
+        self._by_port: dict[P, OrderedDict[bytes, None]] = {}
         self._allowed: dict[P, tuple[frozenset[bytes], tuple[MacPrefix, ...]]] = {}
+        self._buckets: dict[P, _Bucket] = {}
 
     def __len__(self) -> int:
         return len(self._table)
@@ -250,6 +304,7 @@ class LearningSwitch(Generic[P]):
             self._forget(mac)
         self._by_port.pop(port, None)
         self._allowed.pop(port, None)
+        self._buckets.pop(port, None)
 
     # --- per frame ------------------------------------------------------------------------------
 
@@ -265,7 +320,7 @@ class LearningSwitch(Generic[P]):
             The one port to send the frame to, or a :class:`Verdict`: FLOOD (every port but
             *port*), FILTER (nowhere: the destination is behind *port*), INVALID_SOURCE or
             DISALLOWED_SOURCE (drop it: the source is not a unicast address, or not one *port*
-            may use).
+            may use), FLOOD_LIMITED (drop it: *port* floods more than storm control allows).
         """
         # Learn first: the source must be a unicast address the port may use.
         if source[0] & 1 or source == _ZERO_MAC:
@@ -281,16 +336,31 @@ class LearningSwitch(Generic[P]):
             entry.seen = now
         # Then forward: broadcast and multicast (the group bit), and unknown unicast, flood.
         if destination[0] & 1:
-            return Verdict.FLOOD
+            return self._flood(port, now)
         entry = self._table.get(destination)
         if entry is None:
-            return Verdict.FLOOD
+            return self._flood(port, now)
         if now - entry.seen > self.aging:
             self._forget(destination)
-            return Verdict.FLOOD
+            return self._flood(port, now)
         if entry.port == port:
             return Verdict.FILTER
         return entry.port
+
+    def _flood(self, port: P, now: float) -> Verdict:
+        """FLOOD if *port*'s bucket holds a token (it takes one), else FLOOD_LIMITED."""
+        if self.flood_rate is None:
+            return Verdict.FLOOD
+        bucket = self._buckets.get(port)
+        if bucket is None:
+            bucket = self._buckets[port] = _Bucket(self.flood_burst, now)
+        elapsed = max(0.0, now - bucket.stamp)
+        bucket.tokens = min(self.flood_burst, bucket.tokens + elapsed * self.flood_rate)
+        bucket.stamp = now
+        if bucket.tokens < 1.0:
+            return Verdict.FLOOD_LIMITED
+        bucket.tokens -= 1.0
+        return Verdict.FLOOD
 
     def _may_use(self, port: P, mac: bytes) -> bool:
         allowed = self._allowed.get(port)
@@ -303,18 +373,29 @@ class LearningSwitch(Generic[P]):
         if len(self._table) >= self.capacity:
             self._make_room(port)
         self._table[mac] = _Entry(port, now)
-        self._by_port.setdefault(port, {})[mac] = None
+        self._add_behind(port, mac)
 
     def _move(self, mac: bytes, entry: _Entry[P], port: P, now: float) -> None:
         old = entry.port
-        if now - entry.seen <= self.aging:  # an aged-out entry did not move: it was dead
+        if now - entry.seen > self.aging:
+            pass  # an aged-out entry did not move: it was dead
+        elif now - entry.reported >= MOVE_REPORT_INTERVAL:
             self.moves.append(MacMove(mac, old, port))
+            entry.reported = now
+        else:
+            self.unreported_moves += 1  # flapping: reported a moment ago
         behind = self._by_port[old]
         del behind[mac]
         if not behind:
             del self._by_port[old]  # as _forget does: only ports holding entries are listed
         entry.port = port
-        self._by_port.setdefault(port, {})[mac] = None
+        self._add_behind(port, mac)
+
+    def _add_behind(self, port: P, mac: bytes) -> None:
+        behind = self._by_port.get(port)
+        if behind is None:
+            behind = self._by_port[port] = OrderedDict()
+        behind[mac] = None
 
     def _make_room(self, port: P) -> None:
         """Evict the oldest learned entry of the port holding the most entries (*port*, the
