@@ -63,3 +63,28 @@ def bench(session: nox.Session) -> None:
         session.run("python", "tests/bench/core_bench.py")
         session.run("python", "tests/bench/l2_flood.py")
         session.run("python", "tests/bench/trace_load.py")
+        session.run("python", "tests/bench/attacks.py", "minivpn", "wireguard-go")
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """The fuzz targets of tests/fuzz for FUZZ_SECONDS (default 300), growing their corpus.
+
+    ``nox -s tests`` runs the same targets briefly and replays the corpus
+    (tests/fuzz/test_fuzz.py); this runs them for a set time and keeps, in
+    tests/fuzz/corpus/TARGET/, the shortest input for every new outcome (tests/fuzz/run.py).
+    ``nox -s fuzz -- config uapi --seconds 60`` picks targets and time.
+    """
+    session.install("-e", ".[test]")
+    session.run("python", "tests/fuzz/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """10 minutes of iperf3 and pings through minivpn <-> wireguard-go, rekeying every minute
+    (a test build of the timers), wireguard-go restarted halfway; fails on RSS growth over 5 MB
+    or a stall over 5 s (tests/bench/soak.py; docs/reliability.md).  Never part of the tests."""
+    session.install("-e", ".[test]")
+    if os.geteuid() != 0:
+        session.error("the soak needs root (it runs wireguard-go and iperf3 in namespaces)")
+    session.run("python", "tests/bench/soak.py", *session.posargs)

@@ -2,7 +2,7 @@
 
 ::
 
-    minivpnd [-f|--foreground] IFNAME
+    minivpnd [-f|--foreground] [--user USER [--group GROUP]] IFNAME
 
 The contract (wireguard-go's ``main.go``), which ``wg``, ``wg-quick`` and wireguard-go's own
 ``tests/netns.sh`` rely on:
@@ -22,6 +22,11 @@ The contract (wireguard-go's ``main.go``), which ``wg``, ``wg-quick`` and wiregu
   still its own) and the device (if it is not persistent).
 
 So ``WG_QUICK_USERSPACE_IMPLEMENTATION=minivpnd wg-quick up wg0`` runs minivpn under wg-quick.
+
+Once the device, the UAPI socket and the UDP sockets exist, it drops every capability but
+CAP_NET_ADMIN (and CAP_NET_BIND_SERVICE while its port is a privileged one) and sets
+no_new_privs; with ``--user USER [--group GROUP]`` it also becomes that user
+(:mod:`minivpn.runtime.privileges`, docs/privileges.md).  wireguard-go keeps them all.
 
 Environment:
 
@@ -57,6 +62,7 @@ from minivpn.runtime.interface import (
     serve_until_stopped,
     user_error_messages,
 )
+from minivpn.runtime.privileges import resolve_user
 from minivpn.runtime.process import Readiness, daemonize, stop_signals_held
 from minivpn.tuntap.device import get_mtu, set_mtu
 from minivpn.tuntap.errors import TunPermissionError
@@ -105,6 +111,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"minivpnd {__version__}")
     parser.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    parser.add_argument(
+        "--user",
+        metavar="USER",
+        help="once set up, run as USER (name or uid), keeping only CAP_NET_ADMIN",
+    )
+    parser.add_argument(
+        "--group", metavar="GROUP", help="with --user: run as GROUP (default: USER's group)"
+    )
     parser.add_argument("ifname", metavar="IFNAME", help="the interface to create")
     return parser
 
@@ -132,6 +146,7 @@ def _main(argv: Sequence[str] | None) -> int:
     _configure_logging(name, level, level_text)
     foreground = args.foreground or os.environ.get(FOREGROUND_ENV) == "1"
     try:
+        drop = resolve_user(args.user, args.group)
         with stop_signals_held():
             interface, mtu = _open(name)
             if foreground:
@@ -149,7 +164,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 del now  # an empty core has no timers to start
                 return WireGuardCore(mtu=mtu)
 
-            serve_until_stopped(interface, build_core, readiness)
+            serve_until_stopped(interface, build_core, readiness, drop)
     except BaseException as exc:
         messages = user_error_messages(exc)
         if messages is None:

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING
 from minivpn.framing.offload import VNET_HDR, ZERO_VNET_HDR, coalesce
 from minivpn.offload_engine import GSO_MAX_BYTES, GSO_MAX_SEGMENTS, OffloadEngine
 from minivpn.wireguard.ethernet import ETHERNET_HEADER_SIZE
+from minivpn.wireguard.messages import MessageType
 from minivpn.wireguard.results import Switched, WriteFrame, WriteToNetwork
 
 if TYPE_CHECKING:
     from minivpn.framing.offload import Buffer
-    from minivpn.offload_engine import SendTrain, WritePacket
+    from minivpn.offload_engine import HandshakeSink, SendTrain, WritePacket
     from minivpn.wireguard.ethernet import EthernetCore
     from minivpn.wireguard.events import Endpoint
 
@@ -36,6 +37,10 @@ __all__ = ["FrameEngine"]
 
 #: The EtherTypes of IPv4 and IPv6, as the last two bytes of an Ethernet header.
 _IP_ETHERTYPES = (b"\x08\x00", b"\x86\xdd")
+
+
+#: The first byte of a data message; every other datagram goes to the handshake sink.
+_TRANSPORT_DATA = int(MessageType.TRANSPORT_DATA)
 
 
 class FrameEngine(OffloadEngine):
@@ -51,12 +56,20 @@ class FrameEngine(OffloadEngine):
         write: writes one frame to the TAP device, gathered from buffers.
         vnet_hdr: the TAP device reads and writes a virtio-net header before each frame:
             TCP runs are merged into super-frames.
+        handshake: takes every datagram that is not a data message (as for
+            :class:`~minivpn.offload_engine.OffloadEngine`: the runtime's handshake queue).
     """
 
     def __init__(
-        self, core: EthernetCore, *, send: SendTrain, write: WritePacket, vnet_hdr: bool
+        self,
+        core: EthernetCore,
+        *,
+        send: SendTrain,
+        write: WritePacket,
+        vnet_hdr: bool,
+        handshake: HandshakeSink | None = None,
     ) -> None:
-        super().__init__(core, send=send, write=write)
+        super().__init__(core, send=send, write=write, handshake=handshake)
         self.frames = core
         self.vnet_hdr = vnet_hdr
         self._frames: list[memoryview] = []
@@ -106,8 +119,12 @@ class FrameEngine(OffloadEngine):
         """
         plain, used, frames = self._plain, self._used, self._frames
         for start in range(0, len(data), segment):
+            message = data[start : start + segment]
+            if message[0] != _TRANSPORT_DATA:
+                self._handshake(message, source, now)
+                continue
             out = plain[used:]
-            result = self.frames.decapsulate_frame(source, data[start : start + segment], out, now)
+            result = self.frames.decapsulate_frame(source, message, out, now)
             if isinstance(result, WriteFrame):
                 frames.append(out[result.start : result.start + result.size])
                 used += result.start + result.size

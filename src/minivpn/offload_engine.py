@@ -9,6 +9,7 @@ happens around it, and all of that is here, so that the core stays readable::
                        laid end to end in a train  --> one sendmsg with UDP_SEGMENT (UDP GSO)
     UDP GRO receive --> one datagram at a time --> core.decapsulate() --> coalesce() the TCP
                        segments into super-packets --> one writev each
+                       (handshake messages go to the runtime's handshake queue instead)
 
 The engine does no I/O: the runtime (:mod:`minivpn.runtime.vpn`) reads and receives, hands
 the bytes over, and passes in at construction what carries out the engine's sends and writes.
@@ -33,6 +34,7 @@ import mmap
 from typing import TYPE_CHECKING, Protocol
 
 from minivpn.framing.offload import GSO_NONE, VNET_HDR_LEN, coalesce, segments
+from minivpn.wireguard.messages import MessageType
 from minivpn.wireguard.results import WriteToNetwork, WriteToTunnel
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ __all__ = [
     "GSO_MAX_SEGMENTS",
     "MAX_DATAGRAM",
     "PLAIN_ROOM",
+    "HandshakeSink",
     "OffloadEngine",
     "SendTrain",
     "WritePacket",
@@ -58,6 +61,8 @@ GSO_MAX_BYTES = 65000
 GSO_MAX_SEGMENTS = 64
 #: Room for the packets decrypted between two writes (about 180 full-size packets).
 PLAIN_ROOM = 4 * MAX_DATAGRAM
+#: The first byte of a data message; every other datagram goes to the handshake sink.
+_TRANSPORT_DATA = int(MessageType.TRANSPORT_DATA)
 
 
 class SendTrain(Protocol):
@@ -70,6 +75,12 @@ class WritePacket(Protocol):
     """Write one packet to the TUN device, gathered from ``buffers`` (a virtio-net header first)."""
 
     def __call__(self, buffers: list[Buffer]) -> None: ...
+
+
+class HandshakeSink(Protocol):
+    """Take a datagram that is not a data message (the runtime queues handshake messages)."""
+
+    def __call__(self, datagram: memoryview, source: Endpoint, now: float) -> None: ...
 
 
 def lazy_buffer(size: int) -> memoryview:
@@ -94,12 +105,23 @@ class OffloadEngine:
         core: the protocol.
         send: sends a train of datagrams (the runtime: one ``sendmsg`` with ``UDP_SEGMENT``).
         write: writes one packet to the TUN device (the runtime: one ``writev``).
+        handshake: takes every datagram that is not a data message (the runtime: its handshake
+            queue, :mod:`minivpn.wireguard.handshake_queue`); by default the engine hands it to
+            ``core.decapsulate`` at once, as one packet at a time would.
     """
 
-    def __init__(self, core: WireGuardCore, *, send: SendTrain, write: WritePacket) -> None:
+    def __init__(
+        self,
+        core: WireGuardCore,
+        *,
+        send: SendTrain,
+        write: WritePacket,
+        handshake: HandshakeSink | None = None,
+    ) -> None:
         self.core = core
         self._send = send
         self._write = write
+        self._handshake = handshake if handshake is not None else self._decapsulate_handshake
         # The way out: datagrams of `_segment` bytes for `_endpoint`, in `_train[:_end]`.
         self._train = lazy_buffer(GSO_MAX_BYTES + MAX_DATAGRAM + 64)
         self._end = 0
@@ -175,18 +197,28 @@ class OffloadEngine:
         """Decapsulate what one UDP receive returned: datagrams of ``segment`` bytes from one
         sender, back to back (the last may be shorter); GRO glues them together.
 
-        Decrypted packets wait for :meth:`write_packets`; a handshake reply is sent at once.
+        Decrypted packets wait for :meth:`write_packets`; anything that is not a data message
+        goes to the handshake sink.
         """
         plain, used, packets = self._plain, self._used, self._packets
         for start in range(0, len(data), segment):
+            datagram = data[start : start + segment]
+            if datagram[0] != _TRANSPORT_DATA:
+                self._handshake(datagram, source, now)
+                continue
             out = plain[used:]
-            result = self.core.decapsulate(source, data[start : start + segment], out, now)
+            result = self.core.decapsulate(source, datagram, out, now)
             if isinstance(result, WriteToTunnel):
                 packets.append(out[: result.size])
                 used += result.size
-            elif isinstance(result, WriteToNetwork):
-                self._send(out[: result.size], result.size, result.endpoint)
         self._used = used
+
+    def _decapsulate_handshake(self, datagram: memoryview, source: Endpoint, now: float) -> None:
+        """The default handshake sink: the core at once, a reply sent at once."""
+        out = self._plain[self._used :]
+        result = self.core.decapsulate(source, datagram, out, now)
+        if isinstance(result, WriteToNetwork):
+            self._send(out[: result.size], result.size, result.endpoint)
 
     def write_packets(self) -> bool:
         """Write the decrypted packets, TCP runs merged; returns whether there were any."""

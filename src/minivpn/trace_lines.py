@@ -54,11 +54,18 @@ DROP_EXPLANATIONS = {
         "the packets waiting for a session were discarded (handshake given up, keys erased, or "
         "peer removed)"
     ),
+    "cookie_rate_limited": (
+        "we are under load: it would have got a cookie reply, but its address (or all of them) "
+        "had as many as allowed"
+    ),
     "packet_too_big": "the kernel would not send a datagram this big (EMSGSIZE): lower the MTU",
     "send_failed": "the kernel refused to send the datagram",
     "tun_link_down": "the TUN device's link is down",
     "tun_write_failed": "the TUN device refused the packet, or had no room for it",
     "tun_bad_frame": "a read from the TUN device with a virtio-net header that made no sense",
+    "handshake_queue_full": (
+        "the queue of handshake messages was full (a flood of them): it was not looked at"
+    ),
     "mode_mismatch": (
         "the peer sends what the other Mode carries (IP packets to Mode = tap, or Ethernet "
         "frames to Mode = tun): give both ends the same Mode"

@@ -66,10 +66,14 @@ if TYPE_CHECKING:
 
     from netns import Namespace, Topology
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(tool) for tool in ("wg", "dumpcap", "iperf3")),
-    reason="needs wg, dumpcap and iperf3",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not all(shutil.which(tool) for tool in ("wg", "dumpcap", "iperf3")),
+        reason="needs wg, dumpcap and iperf3",
+    ),
+    # `minivpn trace` is stopped with SIGINT: not ignored, even under `nox &` in a script.
+    pytest.mark.usefixtures("sigint_not_ignored"),
+]
 
 A4, B4 = "10.77.0.1", "10.77.0.2"
 PORT_A, PORT_B, PORT_C = 51820, 51821, 51822

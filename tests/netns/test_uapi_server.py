@@ -12,6 +12,7 @@ Run inside ``netns/isolate``: ``wg`` only looks in /var/run/wireguard, which is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 import shutil
@@ -42,6 +43,7 @@ from minivpn.wireguard.config import Endpoint, parse_config
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from minivpn.wireguard.uapi import (
     EADDRINUSE,
+    SET_SLICE_LINES,
     DeviceSet,
     DeviceSnapshot,
     PeerSet,
@@ -162,12 +164,13 @@ def name() -> str:
 
 @contextlib.asynccontextmanager
 async def serving(
-    device: MemoryDevice, name: str, directory: Path | None = None
+    device: MemoryDevice, name: str, directory: Path | None = None, **bounds: float
 ) -> AsyncIterator[UapiSocket]:
-    """Serve *device* as interface *name* for the duration of the block."""
+    """Serve *device* as interface *name* for the duration of the block (*bounds*: see
+    :func:`serve_uapi`)."""
     with prepare_socket(name, directory) as uapi:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve_uapi, uapi.listener, device)
+            await nursery.start(functools.partial(serve_uapi, uapi.listener, device, **bounds))
             try:
                 yield uapi
             finally:
@@ -425,6 +428,108 @@ async def test_misbehaving_clients_do_not_disturb_others(name: str) -> None:
         assert (await wg_out("show", name, "fwmark")).strip() == "0x5"
         await patient.aclose()
         await idle.aclose()
+
+
+# --- bounds ---------------------------------------------------------------------------------------
+
+
+async def test_a_long_set_is_applied_in_slices_and_other_tasks_run_between_them(
+    name: str,
+) -> None:
+    """A ``set`` of 5000 prefixes reaches the device in slices; another task runs in between."""
+    log: list[str] = []
+
+    class LoggingDevice(MemoryDevice):
+        def apply(self, request: SetRequest) -> int:
+            log.append("apply")
+            return super().apply(request)
+
+    async def ticking() -> None:
+        while True:
+            if log and log[-1] != "tick":
+                log.append("tick")
+            await trio.lowlevel.checkpoint()
+
+    device = LoggingDevice()
+    key = PrivateKey.generate().public_key()
+    lines = [f"public_key={key.to_hex()}"]
+    lines += [f"allowed_ip=10.3.{n >> 8}.{n & 255}/32" for n in range(5000)]
+    async with serving(device, name) as uapi, trio.open_nursery() as nursery:
+        nursery.start_soon(ticking)
+        answer = await exchange(uapi.path, ("set=1\n" + "\n".join(lines) + "\n\n").encode())
+        nursery.cancel_scope.cancel()
+    assert answer == b"errno=0\n\n"
+    assert [r.more for r in device.requests] == [True] * 4 + [False]
+    assert log[: 2 * 5 - 1] == ["apply", "tick"] * 4 + ["apply"]
+    assert len(device.peers[key].allowed_ips) == 5000
+
+
+async def test_a_slice_that_fails_ends_the_set_with_its_errno(name: str) -> None:
+    device = MemoryDevice()
+    device.busy_ports.add(9999)
+    key = PrivateKey.generate().public_key()
+    lines = ["listen_port=9999", f"public_key={key.to_hex()}"]
+    lines += [f"allowed_ip=10.4.{n >> 8}.{n & 255}/32" for n in range(3 * SET_SLICE_LINES)]
+    async with serving(device, name) as uapi:
+        answer = await exchange(uapi.path, ("set=1\n" + "\n".join(lines) + "\n\n").encode())
+        assert answer == f"errno={EADDRINUSE}\n\n".encode()
+        # Only the failing slice was offered; the others were skipped; the connection goes on.
+        assert len(device.requests) == 1
+        assert "interface: " + name in await wg_out("show", name)
+
+
+async def test_an_idle_connection_is_closed(name: str) -> None:
+    async with serving(MemoryDevice(), name, idle_timeout=0.5) as uapi:
+        async with await connect(uapi.path) as silent:
+            assert await read_to_eof(silent) == b""  # closed by the server, not by the test
+        async with await connect(uapi.path) as half:
+            await half.send_all(b"set=1\nfwmark=1\n")  # and then nothing
+            assert await read_to_eof(half) == b""
+
+
+async def test_a_connection_that_does_not_read_its_answers_is_closed(name: str) -> None:
+    device = MemoryDevice()
+    for n in range(200):
+        device.peers[PrivateKey.generate().public_key()] = MemoryPeer(endpoint=f"192.0.2.{n}:1")
+    async with serving(device, name, idle_timeout=0.5) as uapi:
+        greedy = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        greedy.connect(os.fspath(uapi.path))
+        greedy.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(1000):
+                greedy.send(b"get=1\n\n")  # about 40 KB of answer each, never read
+        await trio.sleep(1.5)
+        assert "interface: " + name in await wg_out("show", name)  # the server goes on
+        greedy.setblocking(True)
+        greedy.settimeout(5)
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := greedy.recv(1 << 20):
+                received += chunk
+        greedy.close()
+        assert 0 < len(received) < 1000 * 40_000  # it got some answers, then was closed
+
+
+async def test_the_connection_cap_closes_the_idlest_and_wg_is_answered(name: str) -> None:
+    async with serving(MemoryDevice(), name, max_connections=8) as uapi:
+        idle = [await connect(uapi.path) for _ in range(8)]
+        await trio.sleep(0.1)
+        # A ninth connection (wg's) closes the one idle the longest: the first.
+        assert "interface: " + name in await wg_out("show", name)
+        assert await read_to_eof(idle[0]) == b""
+        more = [await connect(uapi.path) for _ in range(20)]
+        assert "interface: " + name in await wg_out("show", name)
+        # The cap holds: of all these idle connections, at most 8 are still open.
+        still_open = 0
+        for stream in idle[1:] + more:
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(b"get=1\n\n")
+                if (await read_answer(stream)).endswith(b"errno=0\n\n"):
+                    still_open += 1
+        assert 1 <= still_open <= 8
+        for stream in idle + more:
+            await stream.aclose()
 
 
 # --- the socket file ------------------------------------------------------------------------------

@@ -253,3 +253,38 @@ def test_a_rekey_in_the_middle_of_the_traffic() -> None:
     expected += [ref.udp_packet(A4, B4, b"new %d" % n) for n in range(3)]
     assert delivered == expected
     assert engine_b.core.drops == plain_b.core.drops
+
+
+def test_handshake_messages_go_to_the_sink_and_data_goes_on() -> None:
+    """With a handshake sink (the runtime's queue), the engine decrypts data messages only.
+
+    A cookie reply in the middle of a GRO batch of data messages of its very size (64 bytes; an
+    attacker can send from the peer's address and port) reaches the sink, not the core; the
+    data around it is delivered as without it.
+    """
+    net, a, b = established(seed=8)
+    wire = Wire()
+    sunk: list[tuple[bytes, Endpoint, float]] = []
+
+    def sink(datagram: memoryview, source: Endpoint, now: float) -> None:
+        sunk.append((bytes(datagram), source, now))
+
+    engine = OffloadEngine(b.core, send=wire.send, write=wire.write, handshake=sink)
+    out = memoryview(bytearray(65535))
+    packets = [ref.udp_packet(A4, B4, bytes(n)) for n in range(3)]  # 28-30 bytes, padded to 32
+    data = []
+    for packet in packets:
+        result = a.core.encapsulate(packet, out, net.now)
+        assert isinstance(result, WriteToNetwork)
+        data.append(bytes(out[: result.size]))
+    assert {len(d) for d in data} == {64}  # the size of a cookie reply
+    cookie_reply = bytes([3, 0, 0, 0]) + os.urandom(60)
+    batch = data[0] + cookie_reply + data[1] + data[2]
+    drops_before = dict(b.core.drops)
+    engine.datagrams_from_network(memoryview(batch), 64, A_ENDPOINT, net.now)
+    engine.write_packets()
+    assert sunk == [(cookie_reply, A_ENDPOINT, net.now)]
+    assert b.core.drops == drops_before  # the core never saw it
+    delivered = [packet for write in wire.writes for packet in ref.resegment(write)]
+    assert delivered == packets
+    assert wire.datagrams == []

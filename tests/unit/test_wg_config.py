@@ -274,6 +274,20 @@ def test_messages_never_show_key_material() -> None:
         assert secret[20:40] not in message, message
 
 
+def test_a_key_pasted_as_endpoint_is_refused_unshown_and_never_a_host_name() -> None:
+    for host in (PRIVATE.to_hex(), PRIVATE.to_base64().rstrip("="), "a" * 40):
+        message = error_of(f"[Peer]\nEndpoint = {host}:51820\n")
+        assert message.startswith("wg0.conf:2: Endpoint <"), message
+        assert "the host looks like a key" in message, message
+        assert host[:16] not in message, message
+        with pytest.raises(ConfigError):
+            Endpoint.parse(f"{host}:51820")  # so it never reaches the resolver
+    # Ordinary names, even long ones made of short labels, are host names.
+    long_name = "a-rather-long-host-name-for-a-vpn-server.eu-west.example.org"
+    assert Endpoint.parse(f"{long_name}:51820") == Endpoint(long_name, 51820)
+    assert Endpoint.parse("a" * 39 + ".example:1").host == "a" * 39 + ".example"
+
+
 def test_hooks_keep_hash_signs_and_everything_else_drops_comments() -> None:
     config = parse_config(
         "[Interface]\n"

@@ -54,6 +54,11 @@ from minivpn.wireguard.events import (
 )
 from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
 from minivpn.wireguard.messages import MACS_SIZE
+from minivpn.wireguard.ratelimit import (
+    COOKIE_REPLIES_BURSTABLE,
+    COOKIE_REPLIES_PER_SECOND,
+    PACKETS_BURSTABLE,
+)
 from minivpn.wireguard.replay import WINDOW_SIZE
 from minivpn.wireguard.results import Dropped, Queued, WriteToNetwork, WriteToTunnel
 from minivpn.wireguard.send import padded_size
@@ -377,6 +382,7 @@ def test_initiation_with_mac2_flipped_gets_a_cookie_reply_under_load() -> None:
     net.run_timers()  # retransmission, with a valid mac2
     [retry] = net.take_held()
     for index in range(len(retry.data) - 16, len(retry.data)):
+        net.now += 0.05  # a cookie reply's worth of the source's rate limit (20 a second)
         net.deliver(Datagram(A_ENDPOINT, B_ENDPOINT, flipped(retry.data, index)))
         assert [d.data[0] for d in net.take_held()] == [COOKIE_REPLY], index
     assert b.peer(a).keypairs.next is None
@@ -526,6 +532,37 @@ def test_rate_limiter_applies_under_load_before_any_diffie_hellman() -> None:
     # Burst of 5 per source: 1 accepted, 4 replays refused by the handshake, 5 rate-limited.
     assert b.core.drops[DropReason.REPLAYED_INITIATION] == 4
     assert b.core.drops[DropReason.RATE_LIMITED] == 5
+
+
+def test_cookie_replies_are_rate_limited_per_source_and_overall() -> None:
+    """A flood of initiations without mac2 buys a few cookie replies, not one per message."""
+    net, a, b = pair()
+    net.hold = True
+    b.core.under_load = True
+    net.send(a, a_to_b())
+    [initiation] = net.take_held()
+    # One source: a burst of 5 cookie replies, then 20 a second.
+    for _ in range(50):
+        net.deliver(initiation)
+    assert [d.data[0] for d in net.take_held()] == [COOKIE_REPLY] * PACKETS_BURSTABLE
+    assert b.core.drops[DropReason.COOKIE_RATE_LIMITED] == 50 - PACKETS_BURSTABLE
+    net.now += 0.5  # 10 replies' worth of refill, but a bucket holds a burst of 5
+    for _ in range(50):
+        net.deliver(initiation)
+    assert len(net.take_held()) == PACKETS_BURSTABLE
+    # Another source is not held back by the first one's flood...
+    net.deliver(initiation, source=("203.0.113.7", 4000))
+    assert [d.data[0] for d in net.take_held()] == [COOKIE_REPLY]
+    # ... but all sources together get COOKIE_REPLIES_PER_SECOND, in bursts of
+    # COOKIE_REPLIES_BURSTABLE: the shared bucket, full again after 0.5 s, gave 5 + 1 already.
+    sent = 0
+    for host in range(2 * COOKIE_REPLIES_BURSTABLE):
+        net.deliver(initiation, source=(f"10.0.{host}.1", 4000))
+        sent += len(net.take_held())
+    assert sent == COOKIE_REPLIES_BURSTABLE - PACKETS_BURSTABLE - 1
+    net.now += 1 / COOKIE_REPLIES_PER_SECOND
+    net.deliver(initiation, source=("10.1.0.1", 4000))
+    assert len(net.take_held()) == 1
 
 
 def test_not_under_load_mac2_is_not_required() -> None:

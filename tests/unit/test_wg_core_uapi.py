@@ -7,6 +7,7 @@ Requests are written as text, the way ``wg`` sends them, and go through the real
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from tests.helpers.wgnet import (
     A_ADDRESS,
@@ -19,6 +20,7 @@ from tests.helpers.wgnet import (
     send_packet,
 )
 
+from minivpn.wireguard import uapi
 from minivpn.wireguard.core import WireGuardCore
 from minivpn.wireguard.events import (
     DropReason,
@@ -29,11 +31,16 @@ from minivpn.wireguard.events import (
 from minivpn.wireguard.keys import PresharedKey, PrivateKey
 from minivpn.wireguard.uapi import (
     EINVAL,
+    SET_SLICE_LINES,
     SetRequest,
+    UapiEvent,
     UapiRequestParser,
     format_get_response,
     parse_get_response,
 )
+
+if TYPE_CHECKING:
+    import pytest
 
 INITIATION, TRANSPORT = 1, 4
 
@@ -258,3 +265,31 @@ def test_snapshot_endpoint_follows_roaming() -> None:
     net.deliver(datagram, source=("fd00::99", 4000))
     [peer] = b.core.snapshot().peers
     assert peer.endpoint == "[fd00::99]:4000"
+
+
+def test_a_set_applied_in_slices_ends_where_the_whole_request_would(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The slices of a long ``wg setconf`` request, applied one by one, leave the same device."""
+    own, *peers = keys(7, 4)
+    lines = [f"private_key={own.to_hex()}", "listen_port=51820", "replace_peers=true"]
+    for number, peer in enumerate(peers):
+        lines += [f"public_key={peer.public_key().to_hex()}", "replace_allowed_ips=true"]
+        lines += [f"endpoint=192.0.2.{number + 1}:51820", "persistent_keepalive_interval=0"]
+        lines += [f"allowed_ip=10.{number}.{n >> 8}.{n & 255}/32" for n in range(1500)]
+        lines.append("allowed_ip=10.99.0.0/16")  # moved from peer to peer: the last one keeps it
+    text = ("set=1\n" + "".join(f"{line}\n" for line in lines) + "\n").encode()
+
+    def applied(requests: list[UapiEvent]) -> bytes:
+        core = WireGuardCore(wall_clock=lambda: WALL_START)
+        core.apply(request(f"public_key={keys(8, 1)[0].public_key().to_hex()}"), 0.0)
+        for part in requests:
+            assert isinstance(part, SetRequest)
+            assert core.apply(part, 0.0) == 0
+        return format_get_response(core.snapshot())
+
+    slices = UapiRequestParser().feed(text)
+    assert len(slices) == -(-len(lines) // SET_SLICE_LINES)
+    monkeypatch.setattr(uapi, "SET_SLICE_LINES", len(lines) + 1)
+    [whole] = UapiRequestParser().feed(text)
+    assert applied(slices) == applied([whole])

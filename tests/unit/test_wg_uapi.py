@@ -19,6 +19,7 @@ from minivpn.wireguard.uapi import (
     EIO,
     EPROTO,
     MAX_LINE,
+    SET_SLICE_LINES,
     AllowedIPChange,
     CloseConnection,
     DeviceSet,
@@ -242,6 +243,16 @@ def test_messages_never_contain_keys() -> None:
         assert secret[:32] not in event.message
 
 
+def test_endpoint_errors_never_show_a_pasted_key() -> None:
+    secret = bytes(range(1, 33)).hex()
+    for value in (f"{secret}:51820", f"[{secret}]:51820", f"{secret}:51820:1", secret):
+        (event,) = parse(f"set=1\npublic_key={HEX1}\nendpoint={value}\n\n".encode())
+        assert isinstance(event, SetRequest)
+        assert event.errno == EINVAL
+        assert secret[:24] not in event.message, event.message
+        assert secret[24:48] not in event.message, event.message
+
+
 def test_several_operations_on_one_connection_in_any_chunks() -> None:
     stream = (
         b"get=1\n\n"
@@ -291,6 +302,81 @@ def test_overlong_lines() -> None:
     # The same when the long line's newline arrives in the same chunk.
     events = UapiRequestParser().feed(b"set=1\nfwmark=3\nlisten_port=" + b"1" * MAX_LINE + b"\n")
     assert events == [SetRequest(DeviceSet(fwmark=3), errno=EIO), CloseConnection("line too long")]
+
+
+# --- slices: a set of any length ------------------------------------------------------------------
+
+
+def _prefixes(count: int, start: int = 0) -> list[str]:
+    return [f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}/32" for n in range(start, start + count)]
+
+
+def test_a_long_set_comes_in_slices_that_add_up_to_the_request() -> None:
+    prefixes = _prefixes(3 * SET_SLICE_LINES)
+    lines = ["set=1", "fwmark=9", f"public_key={HEX1}", "update_only=true"]
+    lines += [f"allowed_ip={p}" for p in prefixes]
+    lines += [f"public_key={HEX2}", "remove=true", "allowed_ip=10.255.0.0/16"]
+    events = parse(("\n".join(lines) + "\n\n").encode())
+    assert all(isinstance(event, SetRequest) for event in events)
+    requests = [event for event in events if isinstance(event, SetRequest)]
+    assert [r.more for r in requests] == [True, True, True, False]
+    assert [r.device for r in requests] == [DeviceSet(fwmark=9)] + [DeviceSet()] * 3
+    # Each slice holds SET_SLICE_LINES lines (the first counts set=1's lines from fwmark on).
+    assert [sum(len(p.allowed_ips) for p in r.peers) for r in requests] == [
+        SET_SLICE_LINES - 3,
+        SET_SLICE_LINES,
+        SET_SLICE_LINES,
+        3,
+    ]
+    # PEER1's part spans four slices and keeps its update_only in each.
+    parts = [part for r in requests for part in r.peers]
+    assert [part.public_key for part in parts] == [PEER1] * 4 + [PEER2]
+    assert all(part.update_only for part in parts[:4])
+    assert [str(c.network) for part in parts[:4] for c in part.allowed_ips] == prefixes
+    assert parts[4] == PeerSet(PEER2, remove=True)
+
+
+def test_remove_is_carried_into_the_next_slices() -> None:
+    lines = ["set=1", f"public_key={HEX1}", "remove=true"]
+    lines += [f"allowed_ip={p}" for p in _prefixes(2 * SET_SLICE_LINES)]
+    requests = parse(("\n".join(lines) + "\n\n").encode())
+    assert len(requests) == 3
+    for request in requests:
+        assert isinstance(request, SetRequest)
+        assert request.peers == (PeerSet(PEER1, remove=True),)
+
+
+def test_an_endless_set_never_holds_more_than_a_slice() -> None:
+    """Lines are handed over as they arrive, the request never ends: nothing piles up."""
+    parser = UapiRequestParser()
+    parser.feed(f"set=1\npublic_key={HEX1}\n".encode())
+    handed_over = 0
+    fed = 1
+    chunk = b"allowed_ip=10.0.0.1/32\n" * 500
+    for _ in range(200):
+        events = parser.feed(chunk)
+        fed += 500
+        for event in events:
+            assert isinstance(event, SetRequest)
+            assert event.more
+            handed_over += len(event.peers[0].allowed_ips)
+        assert 0 <= fed - handed_over <= SET_SLICE_LINES
+    assert handed_over >= 100_000 - SET_SLICE_LINES
+
+
+def test_a_bad_line_after_some_slices_ends_the_request_with_its_errno() -> None:
+    lines = ["set=1", f"public_key={HEX1}"]
+    lines += [f"allowed_ip={p}" for p in _prefixes(SET_SLICE_LINES + 10)]
+    lines += ["allowed_ip=300.0.0.0/8", "allowed_ip=10.200.0.0/16", "", "get=1", ""]
+    events = parse(("\n".join(lines) + "\n").encode())
+    first, last, get = events
+    assert isinstance(first, SetRequest)
+    assert first.more
+    assert isinstance(last, SetRequest)
+    assert not last.more
+    assert last.errno == EINVAL
+    assert len(last.peers[0].allowed_ips) == 11  # those after the slice, before the bad line
+    assert get == GetRequest()
 
 
 @settings(max_examples=500)

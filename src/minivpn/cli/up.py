@@ -2,7 +2,7 @@
 
 ::
 
-    minivpn up CONFIG|NAME [--foreground] [--log-file FILE]
+    minivpn up CONFIG|NAME [--foreground] [--log-file FILE] [--user USER [--group GROUP]]
     minivpn down NAME|CONFIG
 
 ``up`` does what ``wg-quick up`` does with a userspace implementation, in one process:
@@ -16,7 +16,10 @@
    each peer's ``AllowedIPs`` (honouring ``Table``);
 4. go to the background (unless ``--foreground``) and run the interface; the command returns
    once the UDP sockets are bound, or fails with the reason (e.g. the port is in use), leaving
-   nothing behind.
+   nothing behind;
+5. once the UDP sockets are bound, drop every capability but CAP_NET_ADMIN (and
+   CAP_NET_BIND_SERVICE for a privileged ``ListenPort``), set no_new_privs and, with
+   ``--user``, become that user (:mod:`minivpn.runtime.privileges`, docs/privileges.md).
 
 In the background the interface logs (at the level ``-v``/``-q`` chose, :mod:`minivpn.logs`)
 to ``--log-file FILE``; without it, to the journal when its standard error is the journal
@@ -55,6 +58,7 @@ from typing import TYPE_CHECKING
 
 from minivpn.errors import MinivpnError
 from minivpn.logs import configure_logging
+from minivpn.outputfile import OutputFileError, open_output
 from minivpn.runtime.interface import (
     DOWN_TIMEOUT,
     open_interface,
@@ -62,6 +66,7 @@ from minivpn.runtime.interface import (
     take_down,
     user_error_messages,
 )
+from minivpn.runtime.privileges import resolve_user
 from minivpn.runtime.process import (
     Readiness,
     daemonize,
@@ -123,6 +128,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="in the background, log to FILE (default: the journal when stderr is the "
         f"journal, else {LOG_DIR}/NAME.log)",
     )
+    up.add_argument(
+        "--user",
+        metavar="USER",
+        help="once set up, run as USER (name or uid), keeping only CAP_NET_ADMIN",
+    )
+    up.add_argument(
+        "--group", metavar="GROUP", help="with --user: run as GROUP (default: USER's group)"
+    )
     up.set_defaults(func=cmd_up)
 
     down = subparsers.add_parser(
@@ -152,6 +165,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     routes = plan_routes(config, filename, name)
     require_cap_net_admin(f"bring {name} up")
+    drop = resolve_user(args.user, args.group)
     log_fd, where = (None, "") if args.foreground else _open_log(args.log_file, name)
     endpoints = resolve_endpoints(config, filename)
     endpoint_addresses = [
@@ -192,7 +206,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             interface.close()  # the device goes, and with it what was configured so far
             raise
         if args.foreground:
-            serve_until_stopped(interface, build_core, Readiness())
+            serve_until_stopped(interface, build_core, Readiness(), drop)
             return 0
         readiness = daemonize(
             program="minivpn", keep_output=log_fd is None, wait_for_readiness=True
@@ -205,7 +219,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         configure_logging(args.verbosity, prefix=f"minivpn ({name})", timestamps=log_fd is not None)
         readiness = _ReadinessSayingWhere(readiness, where)
         try:
-            serve_until_stopped(interface, build_core, readiness)
+            serve_until_stopped(interface, build_core, readiness, drop)
         except BaseException as exc:
             messages = user_error_messages(exc)
             if messages is None:
@@ -237,12 +251,12 @@ def _open_log(log_file: str | None, name: str) -> tuple[int | None, str]:
                 "or --foreground)"
             ) from None
         path = directory / f"{name}.log"
+    # Appended to, mode 0600, never through a symbolic link (minivpn.outputfile).
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-    except OSError as exc:
-        raise LogFileError(
-            f"cannot write the log to {path}: {exc.strerror} (use --log-file FILE, or --foreground)"
-        ) from None
+        with open_output(path, "log", append=True) as log_file_object:
+            fd = os.dup(log_file_object.fileno())
+    except OutputFileError as exc:
+        raise LogFileError(f"{exc} (use --log-file FILE, or --foreground)") from None
     return fd, str(path)
 
 

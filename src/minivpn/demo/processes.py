@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from minivpn.demo.errors import DemoError
 from minivpn.demo.namespaces import entering
+from minivpn.outputfile import open_output
 from minivpn.runtime.process import STOP_SIGNALS
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class Runner:
             DemoError: it could not be started.
         """
         log = self.workdir / f"{tag}.log"
-        with open(log, "wb") as output:
+        with open_output(log, "log") as output:
             try:
                 process = subprocess.Popen(
                     command,

@@ -373,7 +373,7 @@ def _write_config(workdir: Path, peer: _Peer, other: _Peer) -> Path:
         ),
     )
     path = workdir / f"{peer.interface}.conf"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with open(fd, "w") as file:
         file.write(format_config(config))
     return path

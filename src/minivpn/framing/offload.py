@@ -221,17 +221,17 @@ def _headers(packet: memoryview, ip_len: int) -> tuple[int, int]:
     if ip_len == 0 or len(packet) < ip_len:
         raise OffloadError("a super-packet without an IP header")
     version = packet[0] >> 4
-    if version == 4:
+    if version == 4 and ip_len >= 20:
         return ones_complement_sum(packet[12:20]), 4
-    if version == 6:
+    if version == 6 and ip_len >= 40:
         return ones_complement_sum(packet[8:40]), 6
-    raise OffloadError(f"a super-packet of IP version {version}")
+    raise OffloadError(f"a super-packet of IP version {version} with a {ip_len}-byte IP header")
 
 
 def _split_tcp(packet: memoryview, ip_len: int, mss: int) -> Iterator[memoryview]:
     """Cut a TCP super-packet into segments of ``mss`` payload bytes (the kernel's rules)."""
     address_sum, version = _headers(packet, ip_len)
-    tcp_len = (packet[ip_len + 12] >> 4) * 4
+    tcp_len = (packet[ip_len + 12] >> 4) * 4 if len(packet) >= ip_len + 20 else 0
     hdr_len = ip_len + tcp_len
     if tcp_len < 20 or hdr_len > len(packet) or mss == 0:
         raise OffloadError("a TCP super-packet with a broken header or no segment size")

@@ -37,6 +37,7 @@ from minivpn.framing.pi import PI_LENGTH, build_pi, parse_pi_untrusted
 from minivpn.framing.responder import answer_untrusted
 from minivpn.framing.summary import summarize
 from minivpn.netconf import NetconfError
+from minivpn.outputfile import open_output
 from minivpn.tuntap.aio import TunDevice, open_tun_device
 from minivpn.tuntap.ioctl import Mode
 
@@ -211,12 +212,8 @@ def _open_pcap(path: str | None, link: Link) -> BinaryIO | None:
     if path is None:
         return None
     linktype = LINKTYPE_ETHERNET if link is Link.ETHERNET else LINKTYPE_RAW
-    try:
-        pcap = open(path, "wb")  # noqa: SIM115 - closed in run_dump's finally
-    except OSError as exc:
-        from minivpn.errors import MinivpnError
-
-        raise MinivpnError(f"cannot write {path}: {exc.strerror}") from None
+    # Never through a symbolic link, and mode 0600: the capture holds decrypted traffic.
+    pcap = open_output(path, "capture")  # closed in run_dump's finally
     pcap.write(pcap_global_header(linktype))
     return pcap
 

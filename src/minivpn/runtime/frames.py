@@ -30,7 +30,7 @@ from minivpn.frame_engine import FrameEngine
 from minivpn.framing.offload import VNET_HDR_LEN
 from minivpn.offload_engine import MAX_DATAGRAM, lazy_buffer
 from minivpn.runtime import sticky
-from minivpn.runtime.vpn import _HANDSHAKE_TYPES, BATCH, SOL_UDP, UDP_GRO, _Runtime
+from minivpn.runtime.vpn import _TRANSPORT_DATA, BATCH, SOL_UDP, UDP_GRO, _Runtime
 from minivpn.tuntap.aio import READ_SIZE
 from minivpn.wireguard.ethernet import FRAME_HEADER_SIZE, EthernetCore
 from minivpn.wireguard.results import Switched, WriteFrame, WriteToNetwork
@@ -55,7 +55,11 @@ class FrameRuntime(_Runtime):
         # Batched: GRO on the sockets, GSO trains out, frames merged if the TAP has vnet_hdr.
         self.offloaded = batched
         self.frame_engine = FrameEngine(
-            core, send=self.send_train, write=self.write_packet, vnet_hdr=device.config.vnet_hdr
+            core,
+            send=self.send_train,
+            write=self.write_packet,
+            vnet_hdr=device.config.vnet_hdr,
+            handshake=self.queue_handshake,
         )
         # A read: the virtio-net header (if any) apart, the frame behind its 2 bytes of room.
         self.message = lazy_buffer(FRAME_HEADER_SIZE + READ_SIZE)
@@ -152,11 +156,10 @@ async def network_to_device(iface: _Runtime, sock: socket.socket) -> None:
                 continue  # an ICMP error for an earlier send: nothing to do here
             source = sticky.endpoint_from(address, ancillary)
             datagram = datagram_buffer[:size]
-            handshake = size > 0 and datagram[0] in _HANDSHAKE_TYPES
-            started = iface.start_handshake_work() if handshake else 0.0
+            if size == 0 or datagram[0] != _TRANSPORT_DATA:  # the handshake queue's (vpn.py)
+                iface.queue_handshake(datagram, source, trio.current_time())
+                continue
             result = core.decapsulate_frame(source, datagram, out, trio.current_time())
-            if handshake:
-                iface.end_handshake_work(started)
             if isinstance(result, WriteFrame):
                 iface.write_to_tun(out[result.start : result.start + result.size])
             elif isinstance(result, Switched):
@@ -209,12 +212,8 @@ async def batched_network_to_device(iface: _Runtime, sock: socket.socket) -> Non
                 if level == SOL_UDP and kind == UDP_GRO:
                     segment = int.from_bytes(data, sys.byteorder)
             source = sticky.endpoint_from(address, ancillary)
-            if receive_buffer[0] in _HANDSHAKE_TYPES:
-                started = iface.start_handshake_work()
-                engine.datagrams_from_network(receive_buffer[:size], segment, source, now)
-                iface.end_handshake_work(started)
-            else:
-                engine.datagrams_from_network(receive_buffer[:size], segment, source, now)
+            # Handshake messages go to the handshake queue (the engine's handshake sink).
+            engine.datagrams_from_network(receive_buffer[:size], segment, source, now)
             actions = core.take_actions()
             if actions:
                 iface.carry_out(actions)

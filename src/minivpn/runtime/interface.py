@@ -52,6 +52,12 @@ import attrs
 import trio
 
 from minivpn.errors import MinivpnError
+from minivpn.runtime.privileges import (
+    PrivilegeDrop,
+    capabilities_to_keep,
+    drop_privileges,
+    start_janitor,
+)
 from minivpn.runtime.process import STOP_SIGNALS, NotPrivileged, trim_heap
 from minivpn.runtime.trace_server import TraceSocket, prepare_trace_socket
 from minivpn.runtime.uapi_server import UapiSocket, prepare_socket, socket_path
@@ -219,6 +225,7 @@ def serve_until_stopped(
     interface: Interface,
     build_core: Callable[[float], WireGuardCore],
     readiness: Readiness,
+    drop: PrivilegeDrop | None = None,
 ) -> None:
     """Run the interface under trio until it stops, then tear it down.
 
@@ -231,6 +238,8 @@ def serve_until_stopped(
         build_core: makes the protocol state, given trio's clock (``trio.current_time()``):
             the core's timers run on that clock, so it is built inside ``trio.run``.
         readiness: told once the UDP sockets are bound and traffic can flow.
+        drop: if given, privileges are dropped as it says once the UDP sockets are bound,
+            before *readiness* is told (:mod:`minivpn.runtime.privileges`).
 
     Raises:
         MinivpnError: the interface could not start (e.g. its UDP port is in use), possibly
@@ -240,8 +249,14 @@ def serve_until_stopped(
     # SO_PEERCRED (and ``ss -xp``) then names the process that serves, not the parent that
     # created the socket and exited after daemonising.
     interface.uapi.listener.listen(socket.SOMAXCONN)
+    if drop is not None and drop.switches_user:
+        # The new user cannot remove the socket files: a janitor will (runtime/privileges.py).
+        files = [(interface.uapi.path, interface.uapi.file_id)]
+        if interface.trace is not None:
+            files.append((interface.trace.path, interface.trace.file_id))
+        start_janitor(files)
     try:
-        trio.run(_serve, interface, build_core, readiness)
+        trio.run(_serve, interface, build_core, readiness, drop)
     except* DeviceGone:
         log.info("device %s was deleted: stopping", interface.name)
     finally:
@@ -249,7 +264,10 @@ def serve_until_stopped(
 
 
 async def _serve(
-    interface: Interface, build_core: Callable[[float], WireGuardCore], readiness: Readiness
+    interface: Interface,
+    build_core: Callable[[float], WireGuardCore],
+    readiness: Readiness,
+    drop: PrivilegeDrop | None,
 ) -> None:
     # Imported here: minivpn.runtime.vpn pulls in the whole data path, which the
     # configuration checks of `minivpn up` and `minivpn down` do not need.
@@ -277,6 +295,8 @@ async def _serve(
 
                 nursery.start_soon(stop_on_signal)
                 await nursery.start(run)
+                if drop is not None:
+                    drop_privileges(drop, capabilities_to_keep(core.listen_port))
                 readiness.ready(
                     f"{name} is up: UDP port {core.listen_port}, socket {interface.uapi.path}, "
                     f"PID {os.getpid()}"

@@ -22,6 +22,21 @@ The life of the socket::
 A connection that misbehaves (garbage, a line that never ends, a reset) ends only that
 connection; the server and the other connections go on.
 
+**Bounds**, so that no client -- buggy or hostile, though it must be allowed to open the socket
+(mode 0600: root) -- can take the daemon's memory, file descriptors or time:
+
+* a ``set`` is applied in slices of :data:`~minivpn.wireguard.uapi.SET_SLICE_LINES` lines as
+  they arrive (as wireguard-go applies each line as it reads it), and the server checkpoints
+  between two slices, so that a huge ``set`` yields to the data path; what a connection holds
+  is one line and one slice, whatever it sends, so memory stays flat;
+* a connection silent for :data:`IDLE_TIMEOUT` seconds (between requests, or in the middle of
+  one), or that does not read its answer for as long, is closed;
+* at most :data:`MAX_CONNECTIONS` are served at once: one more closes the connection idle the
+  longest, so that ``wg show`` is always answered;
+* ``accept()`` errors (out of file descriptors) are logged at most once every
+  :data:`ACCEPT_LOG_INTERVAL` seconds, with a count, and one closes the connection idle the
+  longest to make room.
+
 The directory can be changed (an argument, or the ``MINIVPN_SOCKET_DIR`` environment variable,
 as wireguard-go's iOS and macOS ports needed), but ``wg`` itself only looks in
 ``/var/run/wireguard``.  The tests run inside ``netns/isolate``, whose ``/run`` is private.
@@ -31,6 +46,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import socket
 import stat
@@ -58,7 +74,10 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 __all__ = [
+    "ACCEPT_LOG_INTERVAL",
     "ERRNO_UNKNOWN",
+    "IDLE_TIMEOUT",
+    "MAX_CONNECTIONS",
     "SOCKET_DIR",
     "SOCKET_DIR_ENV",
     "UapiHandler",
@@ -86,8 +105,16 @@ ERRNO_UNKNOWN = -55
 #: ``sockaddr_un.sun_path`` holds 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 
-#: How much one connection reads at a time.  The parser bounds what it keeps (64 KiB lines).
-_READ_SIZE = 64 * 1024
+#: How much one connection reads at a time (parsing it is about 2 ms of work).  The parser
+#: bounds what it keeps (one line of up to 64 KiB, one slice of a set).
+_READ_SIZE = 16 * 1024
+
+#: Seconds a connection may stay silent, or leave its answer unread, before it is closed.
+IDLE_TIMEOUT = 10.0
+#: Connections served at once; one more closes the connection idle the longest.
+MAX_CONNECTIONS = 32
+#: Seconds between two log lines about accept() errors.
+ACCEPT_LOG_INTERVAL = 10.0
 
 #: accept() errors that mean "out of a resource for now": wait a little and accept again,
 #: rather than let one burst of connections stop the server (as ``trio.serve_listeners`` does).
@@ -157,6 +184,8 @@ def _file_id(path: Path) -> FileId | None:
         info = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except PermissionError:
+        return None  # after a switch to another user (privileges.py): not ours to judge
     return info.st_dev, info.st_ino
 
 
@@ -177,12 +206,16 @@ class UapiSocket:
         listener: the bound, listening socket (blocking until trio wraps it).
         file_id: (st_dev, st_ino) of the file bound: how :meth:`close` and
             :func:`watch_socket_path` tell our file from one that replaced it.
+        handle: an ``O_PATH`` descriptor of the file, or -1: its link count drops to 0 when
+            the file is removed or replaced, which a process that may no longer look into the
+            directory (after ``--user``, docs/privileges.md) can still see.
     """
 
     name: str
     path: Path
     listener: socket.socket
     file_id: FileId
+    handle: int = -1
     _closed: bool = attrs.field(default=False, init=False)
 
     def close(self) -> None:
@@ -196,6 +229,8 @@ class UapiSocket:
             return
         self._closed = True
         self.listener.close()
+        if self.handle >= 0:
+            os.close(self.handle)
         if _file_id(self.path) == self.file_id:
             self.path.unlink(missing_ok=True)
 
@@ -257,13 +292,14 @@ def prepare_socket(name: str, directory: str | os.PathLike[str] | None = None) -
         if file_id is None:
             raise UapiServerError(f"socket {path} vanished right after it was created")
         listener.listen(socket.SOMAXCONN)
+        handle = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     except BaseException:
         listener.close()
         if bound:
             path.unlink(missing_ok=True)
         raise
     log.debug("UAPI socket %s ready", path)
-    return UapiSocket(name, path, listener, file_id)
+    return UapiSocket(name, path, listener, file_id, handle)
 
 
 def _make_private_directory(directory: Path) -> None:
@@ -354,7 +390,11 @@ def _bind_error(path: Path, exc: OSError) -> UapiServerError:
 
 
 async def watch_socket_path(
-    path: str | os.PathLike[str], *, interval: float = 0.5, file_id: FileId | None = None
+    path: str | os.PathLike[str],
+    *,
+    interval: float = 0.5,
+    file_id: FileId | None = None,
+    handle: int = -1,
 ) -> None:
     """Return once the socket file at *path* is deleted or replaced by another file.
 
@@ -370,11 +410,16 @@ async def watch_socket_path(
         file_id: (st_dev, st_ino) of the file to watch (:attr:`UapiSocket.file_id`); when None,
             the file found at *path* now.  Passing it closes the gap between creating the
             socket and starting the watch.
+        handle: :attr:`UapiSocket.handle`: if given, the file's link count is watched instead
+            (0 once it is removed or replaced), which needs no right to look into its directory.
     """
     target = Path(path)
     expected = file_id if file_id is not None else _file_id(target)
     while True:
-        if expected is None or _file_id(target) != expected:
+        if handle >= 0:
+            if os.fstat(handle).st_nlink == 0:
+                break
+        elif expected is None or _file_id(target) != expected:
             break
         await trio.sleep(interval)
     log.info("UAPI socket %s was removed or replaced", target)
@@ -383,10 +428,59 @@ async def watch_socket_path(
 # --- serving --------------------------------------------------------------------------------------
 
 
+class _Connection:
+    """One connection being served: when it was last active, and how to close it."""
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        self.active = trio.current_time()
+
+
+class _Connections:
+    """The connections being served, for the cap (and for making room)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: set[_Connection] = set()
+
+    def close_idlest(self) -> bool:
+        """Close the connection idle the longest; False if there is none."""
+        if not self.open:
+            return False
+        idlest = min(self.open, key=lambda connection: connection.active)
+        self.open.discard(idlest)
+        idlest.scope.cancel()
+        return True
+
+
+class _AcceptErrors:
+    """Log accept() errors at most once every ACCEPT_LOG_INTERVAL seconds, counting the rest."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.last_logged = -math.inf
+        self.unlogged = 0
+
+    def report(self, exc: OSError) -> None:
+        now = trio.current_time()
+        if now - self.last_logged < self.interval:
+            self.unlogged += 1
+            return
+        more = f" ({self.unlogged} more since the last message)" if self.unlogged else ""
+        log.warning(
+            "UAPI: cannot accept a connection: %s; closing the idlest one%s", exc.strerror, more
+        )
+        self.last_logged = now
+        self.unlogged = 0
+
+
 async def serve_uapi(
     listener: socket.socket,
     handler: UapiHandler,
     *,
+    idle_timeout: float = IDLE_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+    accept_log_interval: float = ACCEPT_LOG_INTERVAL,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Accept UAPI connections on *listener* and answer them from *handler*, until cancelled.
@@ -394,20 +488,24 @@ async def serve_uapi(
     Each connection runs in its own task with its own parser.  Answers follow wireguard-go:
 
     * ``get=1``: :func:`~minivpn.wireguard.uapi.format_get_response` of ``handler.snapshot()``;
-    * ``set=1``: ``handler.apply(request)``, then ``errno=`` of its result if it failed, else
-      ``request.errno``.  A request that broke off at a malformed line still carries the lines
-      before it, which wireguard-go has applied by then, so they are applied here too;
+    * ``set=1``: ``handler.apply(request)`` for each slice, then ``errno=`` of the first
+      failure if one failed (the slices after it are skipped), else ``request.errno``.  A
+      request that broke off at a malformed line still carries the lines before it, which
+      wireguard-go has applied by then, so they are applied here too;
     * a malformed request that keeps the connection: its errno;
     * anything that is not an operation: the connection is closed without an answer.
 
     If the handler raises, the exception is logged with its traceback (it is a bug) and the
-    client gets ``errno=-55``, wireguard-go's "unknown error"; the server goes on.
+    client gets ``errno=-55``, wireguard-go's "unknown error"; the server goes on.  The bounds
+    (the module documentation) come from the keyword arguments.
 
     Use with ``await nursery.start(serve_uapi, uapi.listener, handler)``: it reports started
     once it accepts.  *listener* is not closed here (:meth:`UapiSocket.close` does that).
     """
     stream_listener = trio.SocketListener(trio.socket.from_stdlib_socket(listener))
-    async with trio.open_nursery() as connections:
+    connections = _Connections(max_connections)
+    errors = _AcceptErrors(accept_log_interval)
+    async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
             try:
@@ -415,31 +513,83 @@ async def serve_uapi(
             except OSError as exc:
                 if exc.errno not in _TRANSIENT_ACCEPT_ERRNOS:
                     raise
-                log.warning("UAPI: cannot accept a connection: %s; retrying", exc.strerror)
-                await trio.sleep(0.1)
+                errors.report(exc)
+                connections.close_idlest()
+                await trio.sleep(0.1)  # the connection waits in the backlog: no busy loop
                 continue
-            connections.start_soon(_serve_connection, stream, handler)
+            if len(connections.open) >= connections.limit:
+                connections.close_idlest()
+            connection = _Connection(trio.CancelScope())
+            connections.open.add(connection)
+            nursery.start_soon(
+                _serve_connection, stream, handler, connection, connections, idle_timeout
+            )
 
 
-async def _serve_connection(stream: trio.SocketStream, handler: UapiHandler) -> None:
-    """Answer the operations of one client until it closes, breaks or misbehaves."""
+async def _serve_connection(
+    stream: trio.SocketStream,
+    handler: UapiHandler,
+    connection: _Connection,
+    connections: _Connections,
+    idle_timeout: float,
+) -> None:
+    """Serve one client until it closes, breaks, misbehaves, idles, or is closed for room."""
+    try:
+        with connection.scope:
+            async with stream:
+                await _converse(stream, handler, connection, idle_timeout)
+    except trio.BrokenResourceError:
+        pass  # the client reset the connection or went away before reading its answer
+    except trio.TooSlowError:
+        log.debug("UAPI: closed a connection silent (or not reading) for %g s", idle_timeout)
+    finally:
+        connections.open.discard(connection)
+
+
+async def _converse(
+    stream: trio.SocketStream, handler: UapiHandler, connection: _Connection, idle_timeout: float
+) -> None:
+    """Answer the operations of one client, each read and each answer within *idle_timeout*.
+
+    Raises:
+        trio.TooSlowError: the client was silent, or did not read, for *idle_timeout* seconds.
+    """
     parser = UapiRequestParser()
-    async with stream:
-        try:
-            while not parser.closed:
-                data = await stream.receive_some(_READ_SIZE)
-                events = parser.feed(data) if data else parser.feed_eof()
-                for event in events:
-                    answer = _answer(event, handler)
-                    if answer is None:
-                        return
-                    await stream.send_all(answer)
-        except trio.BrokenResourceError:
-            pass  # the client reset the connection or went away before reading its answer
+    failed = 0  # the errno of a slice of the current set that failed to apply
+    while not parser.closed:
+        with trio.fail_after(idle_timeout):
+            data = await stream.receive_some(_READ_SIZE)
+        connection.active = trio.current_time()
+        for event in parser.feed(data) if data else parser.feed_eof():
+            if isinstance(event, SetRequest) and event.more:
+                if not failed:
+                    failed = _apply_slice(event, handler)
+                await trio.lowlevel.checkpoint()  # the data path goes on between two slices
+                continue
+            answer = _answer(event, handler, failed)
+            failed = 0
+            if answer is None:
+                return
+            with trio.fail_after(idle_timeout):
+                await stream.send_all(answer)
+            connection.active = trio.current_time()
 
 
-def _answer(event: UapiEvent, handler: UapiHandler) -> bytes | None:
-    """The bytes answering *event*, or None to close the connection."""
+def _apply_slice(request: SetRequest, handler: UapiHandler) -> int:
+    """Apply one slice of a set; the errno if it failed (0 if not)."""
+    try:
+        return handler.apply(request)
+    except Exception:  # a bug in the device: keep serving, say so in the log
+        log.exception("UAPI: set failed")
+        return ERRNO_UNKNOWN
+
+
+def _answer(event: UapiEvent, handler: UapiHandler, failed: int = 0) -> bytes | None:
+    """The bytes answering *event*, or None to close the connection.
+
+    *failed*: the errno of an earlier slice of this set that failed; the last slice is then
+    not applied, and that errno is the answer.
+    """
     if isinstance(event, CloseConnection):
         log.debug("UAPI: closing a connection: %s", event.reason)
         return None
@@ -453,11 +603,9 @@ def _answer(event: UapiEvent, handler: UapiHandler) -> bytes | None:
             log.exception("UAPI: get failed")
             return format_errno(ERRNO_UNKNOWN)
         return format_get_response(snapshot)
-    try:
-        applied = handler.apply(event)
-    except Exception:  # a bug in the device: keep serving, say so in the log
-        log.exception("UAPI: set failed")
-        return format_errno(ERRNO_UNKNOWN)
+    if failed:
+        return format_errno(failed)
+    applied = _apply_slice(event, handler)
     # A failure while applying happened at a line before the one that did not parse.
     result = applied or event.errno
     if event.errno and not applied:

@@ -8,7 +8,10 @@ The runtime decides *when* things happen and moves bytes; the core decides *what
         ├── device_to_network     TUN fd readable -> read -> core.encapsulate -> UDP send
         ├── sockets (restartable, for `wg set listen-port`)
         │   ├── network_to_device[IPv4]   socket readable -> receive -> core.decapsulate
-        │   └── network_to_device[IPv6]                   -> TUN write (or a reply: UDP send)
+        │   └── network_to_device[IPv6]                   -> TUN write; handshake messages
+        │                                                    -> the handshake queue
+        ├── handshakes            the queue -> core.decapsulate -> UDP send (a response or a
+        │                         cookie reply), in slices with a CPU budget
         ├── timers                sleep until core.next_deadline() -> core.handle_timer(now)
         ├── serve_uapi            `wg` talks to /var/run/wireguard/NAME.sock
         ├── run_trace             `minivpn trace` reads NAME.trace; the log at -v (trace_server)
@@ -17,6 +20,12 @@ The runtime decides *when* things happen and moves bytes; the core decides *what
         └── report_on_signal      SIGUSR1 -> counters in the log
 
 Any task failing cancels the whole nursery, so an interface is never left half alive.
+
+Handshake messages do not go through the core where they arrive: a flood of them (a valid mac1
+needs only our public key) would starve the data of the live sessions.  The receive loops put
+them in a bounded queue (:class:`~minivpn.wireguard.handshake_queue.HandshakeQueue`), and the
+handshakes task works through it in short slices, within a CPU budget, so the data tasks get
+their turn between two slices (:func:`_handshakes`).
 
 The two data tasks come in two versions, chosen once at start-up (:func:`offload_mode`, and
 whether the device was opened with a virtio-net header) and logged:
@@ -73,6 +82,7 @@ from minivpn.wireguard.events import (
     ModeMismatch,
     SendDatagram,
 )
+from minivpn.wireguard.handshake_queue import HandshakeQueue, is_handshake_message
 from minivpn.wireguard.results import WriteToNetwork, WriteToTunnel
 from minivpn.wireguard.uapi import EADDRINUSE
 
@@ -97,11 +107,10 @@ TUN_F_USO6 = 0x40
 #: Reads (or receives) a data task makes before it yields to the others.
 BATCH = 64
 SOCKET_BUFFER = 8 << 20
-#: The type bytes of the handshake messages that cost Diffie-Hellman work.
-_HANDSHAKE_TYPES = (1, 2)
-#: Seconds of CPU time that handshake messages may take in each one-second window before the
-#: device counts as "under load" for the rest of the window (_Runtime.start_handshake_work).
-HANDSHAKE_TIME_BUDGET = 0.4
+#: The first byte of a data message: every other datagram is sorted out for the handshake queue.
+_TRANSPORT_DATA = 4
+#: CPU seconds the handshakes task works before it lets the other tasks run.
+HANDSHAKE_SLICE = 0.002
 _GSO_SIZE = struct.Struct("=H")
 #: The TUN device's ring of packets waiting to be read (its transmit queue) holds 500 packets
 #: unless someone chose otherwise; minivpn makes it 1000.  Under one TCP stream the ring of 500
@@ -163,10 +172,13 @@ class _Runtime:
         self.link_up = True
         self.timer_wakeup = trio.Event()
         self.sleeping_until = math.inf
-        self.handshake_window_start = -math.inf
-        self.handshake_seconds = 0.0  # CPU time spent on handshake messages in the window
+        self.handshakes = HandshakeQueue()
+        self.handshake_wakeup = trio.Event()
+        self.scratch = memoryview(bytearray(MAX_DATAGRAM))  # for replies to handshake messages
         self.socket_scope: trio.CancelScope | None = None
-        self.engine = OffloadEngine(core, send=self.send_train, write=self.write_packet)
+        self.engine = OffloadEngine(
+            core, send=self.send_train, write=self.write_packet, handshake=self.queue_handshake
+        )
         # The engine's TUN read buffer: a virtio-net header, then up to 64 KiB.
         self.frame = lazy_buffer(VNET_HDR_LEN + MAX_DATAGRAM)
         self.read_into = [self.frame]  # os.readv's argument, built once
@@ -303,35 +315,21 @@ class _Runtime:
     def snapshot(self) -> DeviceSnapshot:
         return self.core.snapshot()
 
-    # -- load ---------------------------------------------------------------------------------
+    # -- handshake messages -------------------------------------------------------------------
 
-    def start_handshake_work(self) -> float:
-        """Decide "under load" before handshake messages are processed; returns a CPU stamp.
+    def queue_handshake(self, datagram: memoryview, source: tuple[str, int], now: float) -> None:
+        """Sort out a datagram that is not a data message: queue it, or drop it at once.
 
-        A handshake message costs Diffie-Hellman operations (about 0.3 ms of CPU here), and
-        data packets wait meanwhile: one thread does everything.  So handshake messages get
-        at most HANDSHAKE_TIME_BUDGET seconds of CPU time per one-second window; once that is
-        spent, the core is "under load" until the window ends: an initiation then needs a
-        valid mac2, or it gets a cookie reply, which costs no Diffie-Hellman.
-
-        wireguard-go says "under load" while 128 handshake messages queue up for its worker
-        goroutines (and for one second after).  A single thread has no such queue; and the
-        count of handshake messages per second this runtime used before (128 a second, 4% of
-        the budget) answered 0 of 1000 initiations a second.  A budget of 0.25 s answered
-        about 850 a second; 0.4 s answers all of 1000 and about 1300-1600 of more, and leaves
-        data at least 60% of the thread (``tests/bench/handshakes.py``, docs/performance.md).
+        A handshake message (the right type and size) waits for :func:`_handshakes`, unless
+        the queue is full; anything else is malformed, and the core drops it (cheaply) now.
         """
-        now = trio.current_time()
-        if now - self.handshake_window_start >= 1.0:
-            self.handshake_window_start = now
-            self.handshake_seconds = 0.0
-        self.core.under_load = self.handshake_seconds >= HANDSHAKE_TIME_BUDGET
-        # CPU time, not wall-clock time: being preempted by other processes is not our cost.
-        return time.thread_time()
-
-    def end_handshake_work(self, started: float) -> None:
-        """Charge the CPU time since :meth:`start_handshake_work` to the handshake budget."""
-        self.handshake_seconds += time.thread_time() - started
+        if is_handshake_message(datagram):
+            if self.handshakes.offer(source, datagram, now):
+                self.handshake_wakeup.set()
+            else:
+                self.core.note_drop(DropReason.HANDSHAKE_QUEUE_FULL)
+        else:
+            self.core.decapsulate(source, datagram, self.scratch, now)
 
     # -- moving packets -----------------------------------------------------------------------
 
@@ -497,9 +495,10 @@ async def run_interface(
         VpnError: the UDP port cannot be bound.
         DeviceGone: the device was deleted.
     """
-    file_id = None
+    file_id, handle = None, -1
     if isinstance(uapi_listener, UapiSocket):
         socket_path, file_id = uapi_listener.path, uapi_listener.file_id
+        handle = uapi_listener.handle
         uapi_listener = uapi_listener.listener
     if device.config.mode is Mode.TAP:  # layer 2 (Mode = tap): frames through the switch
         from minivpn.runtime import frames
@@ -540,6 +539,7 @@ async def run_interface(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(device_to_network, iface)
             nursery.start_soon(_socket_tasks, iface, network_to_device)
+            nursery.start_soon(_handshakes, iface)
             nursery.start_soon(_timers, iface)
             nursery.start_soon(_watch_link, iface)
             nursery.start_soon(_report_on_signal, iface)
@@ -547,7 +547,9 @@ async def run_interface(
             if uapi_listener is not None:
                 nursery.start_soon(serve_uapi, uapi_listener, iface)
             if socket_path is not None:
-                nursery.start_soon(_stop_when_removed, socket_path, file_id, nursery.cancel_scope)
+                nursery.start_soon(
+                    _stop_when_removed, socket_path, file_id, handle, nursery.cancel_scope
+                )
             # Anything the configuration asked for at once (keepalives, initiations).
             iface.carry_out(core.take_actions())
             task_status.started()
@@ -579,9 +581,12 @@ async def _report_on_signal(iface: _Runtime) -> None:
 
 
 async def _stop_when_removed(
-    path: str | os.PathLike[str], file_id: tuple[int, int] | None, scope: trio.CancelScope
+    path: str | os.PathLike[str],
+    file_id: tuple[int, int] | None,
+    handle: int,
+    scope: trio.CancelScope,
 ) -> None:
-    await watch_socket_path(path, file_id=file_id)
+    await watch_socket_path(path, file_id=file_id, handle=handle)
     log.info("the socket %s was removed: stopping", path)
     scope.cancel()
 
@@ -598,6 +603,39 @@ async def _socket_tasks(
                 for sock in iface.sockets.values():
                     nursery.start_soon(network_to_device, iface, sock)
         iface.socket_scope = None
+
+
+async def _handshakes(iface: _Runtime) -> None:
+    """Work through the handshake queue in slices, within its CPU budget, data first.
+
+    A slice ends after HANDSHAKE_SLICE seconds of CPU time (or when the queue is empty); then
+    the task checkpoints, and the data tasks, whose sockets and TUN device are readable, run
+    before the next slice.  Before each message the core learns whether it is under load; once
+    the budget is used up, the task waits until it has refilled
+    (:mod:`minivpn.wireguard.handshake_queue`).  The time is CPU time (``time.thread_time``):
+    being preempted by other processes is not handshake work.
+    """
+    core, queue, out = iface.core, iface.handshakes, iface.scratch
+    while True:
+        if not queue:
+            iface.handshake_wakeup = trio.Event()
+            await iface.handshake_wakeup.wait()
+        resume = queue.resume_at(trio.current_time())
+        if resume is not None:
+            await trio.sleep_until(resume)
+        started = time.thread_time()
+        while queue:
+            source, message = queue.pop()
+            now = trio.current_time()
+            core.under_load = queue.under_load(now)
+            result = core.decapsulate(source, message, out, now)
+            if isinstance(result, WriteToNetwork):
+                iface.send_one(out[: result.size], result.endpoint)
+            if time.thread_time() - started >= HANDSHAKE_SLICE:
+                break
+        queue.charge(time.thread_time() - started, trio.current_time())
+        iface.carry_out(core.take_actions())  # and the timers learn of new deadlines
+        await trio.lowlevel.checkpoint()  # the data tasks go first
 
 
 async def _timers(iface: _Runtime) -> None:
@@ -695,15 +733,12 @@ async def _plain_network_to_device(iface: _Runtime, sock: socket.socket) -> None
                 continue  # an ICMP error for an earlier send: nothing to do here
             source = sticky.endpoint_from(address, ancillary)
             datagram = datagram_buffer[:size]
-            handshake = size > 0 and datagram[0] in _HANDSHAKE_TYPES
-            started = iface.start_handshake_work() if handshake else 0.0
+            if size == 0 or datagram[0] != _TRANSPORT_DATA:
+                iface.queue_handshake(datagram, source, trio.current_time())
+                continue
             result = core.decapsulate(source, datagram, out, trio.current_time())
-            if handshake:
-                iface.end_handshake_work(started)
             if isinstance(result, WriteToTunnel):
                 iface.write_to_tun(out[: result.size])
-            elif isinstance(result, WriteToNetwork):
-                iface.send_one(out[: result.size], result.endpoint)
         iface.carry_out(core.take_actions())
 
 
@@ -758,12 +793,7 @@ async def _offload_network_to_device(iface: _Runtime, sock: socket.socket) -> No
                 if level == SOL_UDP and kind == UDP_GRO:
                     segment = int.from_bytes(data, sys.byteorder)
             source = sticky.endpoint_from(address, ancillary)
-            if receive_buffer[0] in _HANDSHAKE_TYPES:
-                started = iface.start_handshake_work()
-                engine.datagrams_from_network(receive_buffer[:size], segment, source, now)
-                iface.end_handshake_work(started)
-            else:
-                engine.datagrams_from_network(receive_buffer[:size], segment, source, now)
+            engine.datagrams_from_network(receive_buffer[:size], segment, source, now)
             actions = core.take_actions()
             if actions:
                 iface.carry_out(actions)

@@ -32,6 +32,7 @@ import attrs
 
 from minivpn.runtime.interface import InterfaceError
 from minivpn.runtime.process import run_in_child
+from minivpn.wireguard.keys import redacted
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -273,7 +274,7 @@ def resolve_endpoints(config: Config, filename: str) -> dict[PublicKey, tuple[st
         except (socket.gaierror, UnicodeError) as exc:
             reason = exc.strerror if isinstance(exc, socket.gaierror) else "invalid name"
             raise InterfaceError(
-                f"{filename}: cannot resolve {endpoint.host!r}, the endpoint of peer "
+                f"{filename}: cannot resolve {redacted(endpoint.host)}, the endpoint of peer "
                 f"{peer.public_key.to_base64()}: {reason}"
             ) from None
         for family, _, _, _, address in results:
@@ -282,7 +283,7 @@ def resolve_endpoints(config: Config, filename: str) -> dict[PublicKey, tuple[st
                 break
         else:
             raise InterfaceError(
-                f"{filename}: {endpoint.host!r}, the endpoint of peer "
+                f"{filename}: {redacted(endpoint.host)}, the endpoint of peer "
                 f"{peer.public_key.to_base64()}, has no IPv4 or IPv6 address"
             )
     return resolved

@@ -56,7 +56,7 @@ import attrs
 
 from minivpn.wireguard.allowedips import IPAddress, IPNetwork
 from minivpn.wireguard.errors import InvalidKey, WireGuardError
-from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
+from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey, looks_like_key, redacted
 from minivpn.wireguard.switch import InvalidMac, MacPrefix
 
 __all__ = [
@@ -106,16 +106,13 @@ _HOST_NAME = re.compile(
     r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?"
 )
 _DIGITS = re.compile(r"[0-9]+")
-_KEY_LIKE = re.compile(r"[A-Za-z0-9+/]{40,}")
 #: What a key name can look like; anything else is not repeated in messages.
 _KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,30}")
 
 
 def _show(text: str) -> str:
     """*text* quoted for an error message, unless it might be a key (a long base64 run)."""
-    if _KEY_LIKE.search(text):
-        return f"<{len(text)} characters, not shown: they look like a key>"
-    return repr(text)
+    return redacted(text)
 
 
 def _parse_uint(text: str, maximum: int, what: str, minimum: int = 0) -> int:
@@ -193,6 +190,12 @@ class Endpoint:
                     raise ConfigError(
                         f"Endpoint {_show(text)}: {_show(host)} is not an IPv4 address"
                     ) from None
+            elif looks_like_key(host):
+                # Never resolved: a DNS query would carry the key to the resolver, and beyond.
+                raise ConfigError(
+                    f"Endpoint {_show(text)}: the host looks like a key, not a host name "
+                    "(40 or more letters and digits in a row); is a key pasted here?"
+                )
             elif _HOST_NAME.fullmatch(host):
                 canonical_host = host
             else:

@@ -31,7 +31,7 @@ from minivpn.wireguard.cookie import CookieChecker
 from minivpn.wireguard.events import Action, DropReason, HandshakeCompleted, PacketDropped
 from minivpn.wireguard.keypair import IndexTable, Keypair
 from minivpn.wireguard.noise import StaticIdentity, begin_session
-from minivpn.wireguard.ratelimit import RateLimiter
+from minivpn.wireguard.ratelimit import CookieReplyLimiter, RateLimiter
 from minivpn.wireguard.results import Dropped
 from minivpn.wireguard.timers import TimerQueue
 
@@ -63,8 +63,8 @@ class Device:
             runtime assigns it after binding, since port 0 means "any").
         fwmark: the firewall mark for the UDP socket (0: none).
         under_load: whether the device is "under load": handshake messages then need a valid
-            mac2 (else they get a cookie reply) and pass a per-source rate limit.  The runtime
-            decides (wireguard-go: while 128 or more handshake messages wait to be processed).
+            mac2 (else they get a cookie reply, rate-limited) and pass a per-source rate limit.
+            The runtime decides (:mod:`minivpn.wireguard.handshake_queue`).
         report_drops: also report every drop as a :class:`PacketDropped` action.
         drops: count of dropped datagrams and packets, by reason (per peer, too:
             ``peer.counters.drops``).
@@ -120,6 +120,7 @@ class Device:
         self._index = IndexTable(rng)
         self._timers = TimerQueue()
         self._rate_limiter = RateLimiter()
+        self._cookie_reply_limiter = CookieReplyLimiter()
         self._actions: list[Action] = []
         # Where a packet is padded before it is sealed (see SendPath._seal).
         self._pad_buffer = memoryview(bytearray(MAX_DATAGRAM_SIZE))
@@ -245,7 +246,7 @@ class Device:
 
         Args:
             reason: one of the runtime's reasons (``PACKET_TOO_BIG``, ``SEND_FAILED``,
-                ``TUN_*``).
+                ``TUN_*``, ``HANDSHAKE_QUEUE_FULL``).
             public_key: the peer concerned, when the runtime knows it.
         """
         self._drop(reason, self._peers.get(public_key) if public_key is not None else None)

@@ -102,6 +102,9 @@ class DropReason(enum.Enum):
     STAGED_OVERFLOW = "staged_overflow"
     #: Staged packets discarded: the handshake was given up, keys were zeroed, or the peer removed.
     STAGED_FLUSHED = "staged_flushed"
+    #: Under load, a handshake message that would get a cookie reply, but its source (or all
+    #: sources together) had as many cookie replies as allowed.
+    COOKIE_RATE_LIMITED = "cookie_rate_limited"
     #: A peer sends what the other mode carries: IP packets to an interface in ``Mode = tap``,
     #: or Ethernet frames to one in ``Mode = tun`` (docs/l2.md, "On the wire").
     MODE_MISMATCH = "mode_mismatch"
@@ -128,6 +131,9 @@ class DropReason(enum.Enum):
     TUN_WRITE_FAILED = "tun_write_failed"
     #: A read from the TUN device whose virtio-net header made no sense.
     TUN_BAD_FRAME = "tun_bad_frame"
+    #: A handshake message that found the queue of handshake messages full (a flood; counted
+    #: by the runtime, :mod:`minivpn.wireguard.handshake_queue`).
+    HANDSHAKE_QUEUE_FULL = "handshake_queue_full"
 
 
 @attrs.frozen

@@ -46,6 +46,24 @@ KEY_SIZE = 32
 
 _ZERO_KEY = bytes(KEY_SIZE)
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
+#: A run that may be a key (base64 or hex): never repeated in a message, never resolved.
+_KEY_LIKE = re.compile(r"[A-Za-z0-9+/]{40,}")
+
+
+def looks_like_key(text: str) -> bool:
+    """Whether *text* holds a run of 40 or more base64 or hex characters, as a key does."""
+    return _KEY_LIKE.search(text) is not None
+
+
+def redacted(text: str) -> str:
+    """*text* quoted for an error message, unless it might hold a key (then only its length).
+
+    For every value from a user or a peer that ends up in a message: a key pasted into the
+    wrong field (an ``Endpoint``, say) must not reach a log or a terminal.
+    """
+    if looks_like_key(text):
+        return f"<{len(text)} characters, not shown: they look like a key>"
+    return repr(text)
 
 
 # --- text encodings shared by the three key types -------------------------------------------------

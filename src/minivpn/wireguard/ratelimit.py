@@ -24,26 +24,36 @@ calling :meth:`collect`), so no timer is needed.  The number of entries is cappe
 kernel's table (``max_entries``): when full, packets from new sources are refused, which bounds
 memory under a flood of spoofed source addresses.
 
+The same buckets limit the cookie replies we send under load (:class:`CookieReplyLimiter`):
+each costs about 50 us of CPU, so a flood of initiations must not buy one per message.  A source
+gets as many cookie replies as handshakes (20 a second), and all sources together
+:data:`COOKIE_REPLIES_PER_SECOND`; a message refused a cookie reply is dropped and counted.
+
 Time is injected (``now`` in seconds, from a monotonic clock) so the tests can use a fake clock.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "COOKIE_REPLIES_BURSTABLE",
+    "COOKIE_REPLIES_PER_SECOND",
     "GC_INTERVAL",
     "PACKETS_BURSTABLE",
     "PACKETS_PER_SECOND",
+    "CookieReplyLimiter",
     "RateLimiter",
 ]
 
 PACKETS_PER_SECOND = 20
 PACKETS_BURSTABLE = 5
+#: Cookie replies per second to all sources together, and the burst (a cookie reply costs about
+#: 50 us of CPU: 1000 a second are 5% of the thread).
+COOKIE_REPLIES_PER_SECOND = 1000
+COOKIE_REPLIES_BURSTABLE = 100
 #: Seconds between garbage collections; also the idle time after which an entry is dropped.
 GC_INTERVAL = 1.0
 
 _NS_PER_SECOND = 1_000_000_000
-_PACKET_COST_NS = _NS_PER_SECOND // PACKETS_PER_SECOND
-_MAX_TOKENS_NS = _PACKET_COST_NS * PACKETS_BURSTABLE
 _GC_INTERVAL_NS = round(GC_INTERVAL * _NS_PER_SECOND)
 
 
@@ -64,10 +74,23 @@ class RateLimiter:
         max_entries: the most sources tracked at once; packets from further new sources are
             refused until idle entries are collected.  65536 is the kernel's limit on machines
             with more than 1 GiB of memory.
+        packets_per_second: the steady rate each source is allowed.
+        burst: how many packets a source that was quiet may send at once.
     """
 
-    def __init__(self, max_entries: int = 65536) -> None:
+    def __init__(
+        self,
+        max_entries: int = 65536,
+        *,
+        packets_per_second: int = PACKETS_PER_SECOND,
+        burst: int = PACKETS_BURSTABLE,
+    ) -> None:
+        # Forgetting a bucket idle for GC_INTERVAL must be the same as keeping it: it has refilled.
+        if burst > packets_per_second * GC_INTERVAL:
+            raise ValueError("a burst must refill within GC_INTERVAL")
         self.max_entries = max_entries
+        self._cost_ns = _NS_PER_SECOND // packets_per_second
+        self._max_tokens_ns = self._cost_ns * burst
         self._buckets: dict[bytes, _Bucket] = {}
         self._next_collect_ns: int | None = None
 
@@ -88,14 +111,14 @@ class RateLimiter:
         if bucket is None:
             if len(self._buckets) >= self.max_entries:
                 return False
-            self._buckets[src_ip] = _Bucket(now_ns, _MAX_TOKENS_NS - _PACKET_COST_NS)
+            self._buckets[src_ip] = _Bucket(now_ns, self._max_tokens_ns - self._cost_ns)
             return True
         # A clock that went backwards refills nothing (max with 0) instead of draining tokens.
         elapsed = max(0, now_ns - bucket.last_ns)
-        tokens = min(_MAX_TOKENS_NS, bucket.tokens_ns + elapsed)
+        tokens = min(self._max_tokens_ns, bucket.tokens_ns + elapsed)
         bucket.last_ns = now_ns
-        if tokens >= _PACKET_COST_NS:
-            bucket.tokens_ns = tokens - _PACKET_COST_NS
+        if tokens >= self._cost_ns:
+            bucket.tokens_ns = tokens - self._cost_ns
             return True
         bucket.tokens_ns = tokens
         return False
@@ -120,3 +143,21 @@ class RateLimiter:
         for src in idle:
             del self._buckets[src]
         self._next_collect_ns = now_ns + _GC_INTERVAL_NS
+
+
+class CookieReplyLimiter:
+    """Whether a cookie reply may go to a source: its own bucket, then the one for everyone.
+
+    A source over its own rate does not use up the shared bucket, so one flooding host cannot
+    keep the others from getting their cookies.
+    """
+
+    def __init__(self) -> None:
+        self._per_source = RateLimiter()
+        self._overall = RateLimiter(
+            1, packets_per_second=COOKIE_REPLIES_PER_SECOND, burst=COOKIE_REPLIES_BURSTABLE
+        )
+
+    def allow(self, src_ip: bytes, now: float) -> bool:
+        """Charge one cookie reply to *src_ip* (address bytes); True if it may be sent."""
+        return self._per_source.allow(src_ip, now) and self._overall.allow(b"", now)

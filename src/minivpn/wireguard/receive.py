@@ -222,6 +222,9 @@ class ReceivePath(SendPath):
             if not checker.check_mac2(datagram, address, now):
                 # Make the sender prove it receives at its address before we spend a
                 # Diffie-Hellman on it: answer with a cookie, and count the message dropped.
+                # A cookie reply costs CPU too: a few per source and second, and no more.
+                if not self._cookie_reply_limiter.allow(address[:-2], now):
+                    return self._drop(DropReason.COOKIE_RATE_LIMITED)
                 sender_index = _SENDER_INDEX.unpack_from(datagram)[0]
                 reply = checker.create_reply(datagram, sender_index, address, now, self._rng)
                 self._drop(DropReason.COOKIE_REQUIRED)

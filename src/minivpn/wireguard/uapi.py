@@ -56,6 +56,19 @@ thing; it differs from wireguard-go only for odd orders that ``wg`` never produc
 
 wireguard-go also loses pipelined operations that arrive in the same read as the end of a
 ``set`` (its line scanner reads ahead); this parser keeps them.
+
+**Slices: lines apply as they arrive.**  A ``set`` can be any length (``wg setconf`` of a
+configuration with 300,000 allowed IPs; or a client that never sends the blank line).  So the
+parser does not hold a request until its end: every :data:`SET_SLICE_LINES` lines it hands what
+it has read as a :class:`SetRequest` with ``more=True``, to be applied at once, and goes on
+reading; the last slice (``more=False``) gets the answer.  What a connection holds is bounded
+(one line, one slice), whatever the client sends, and a runtime can yield to other work between
+two slices.  This is wireguard-go's line-by-line behaviour, in steps of a slice: what was
+applied stays applied if the request later fails (and the rest of the request is then skipped).
+A peer part that spans slices continues in the next one, with its ``remove=true`` and
+``update_only=true`` carried over; one difference with wireguard-go remains, for an order
+``wg`` never sends: ``update_only=true`` arriving a slice after the peer was created by its own
+request leaves the peer in place (wireguard-go removes it).
 """
 
 from __future__ import annotations
@@ -70,7 +83,7 @@ import attrs
 
 from minivpn.wireguard.allowedips import IPAddress, IPNetwork, Prefix
 from minivpn.wireguard.errors import InvalidKey, WireGuardError
-from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey
+from minivpn.wireguard.keys import PresharedKey, PrivateKey, PublicKey, redacted
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -80,6 +93,7 @@ __all__ = [
     "EINVAL",
     "EIO",
     "EPROTO",
+    "SET_SLICE_LINES",
     "AllowedIPChange",
     "CloseConnection",
     "DeviceSet",
@@ -114,6 +128,8 @@ EADDRINUSE = -98
 
 #: wireguard-go reads set lines with bufio.Scanner, whose longest line is 64 KiB.
 MAX_LINE = 64 * 1024
+#: Lines of a ``set`` read before they are handed over as a slice to apply (a few ms of work).
+SET_SLICE_LINES = 1024
 
 _ZERO_HEX = "0" * 64
 
@@ -139,7 +155,7 @@ _DIGITS = re.compile(r"[0-9]+")
 def _parse_uint(value: str, bits: int, what: str) -> int:
     """Go's ``strconv.ParseUint(value, 10, bits)``: ASCII digits only, no sign, in range."""
     if len(value) > 40 or not _DIGITS.fullmatch(value) or int(value) >= 1 << bits:
-        raise UapiError(f"invalid {what}: {value[:40]!r}", EINVAL)
+        raise UapiError(f"invalid {what}: {redacted(value[:40])}", EINVAL)
     return int(value)
 
 
@@ -152,7 +168,9 @@ def _parse_hex_key(value: str, what: str) -> bytes:
 
 def _parse_true(value: str, what: str) -> bool:
     if value != "true":
-        raise UapiError(f"invalid {what}: only 'true' is allowed, got {value[:40]!r}", EINVAL)
+        raise UapiError(
+            f"invalid {what}: only 'true' is allowed, got {redacted(value[:40])}", EINVAL
+        )
     return True
 
 
@@ -163,23 +181,23 @@ def _parse_addr(text: str) -> IPAddress:
             return ipaddress.IPv6Address(text)
         return ipaddress.IPv4Address(text)
     except ValueError:
-        raise UapiError(f"invalid IP address: {text[:60]!r}", EINVAL) from None
+        raise UapiError(f"invalid IP address: {redacted(text[:60])}", EINVAL) from None
 
 
 def _parse_endpoint(value: str) -> AddrPort:
     """Go's ``netip.ParseAddrPort``: ``1.2.3.4:5`` or ``[fd00::1]:5`` (port 0 allowed)."""
     host, colon, port_text = value.rpartition(":")
     if not colon or not host or not port_text:
-        raise UapiError(f"invalid endpoint: {value[:80]!r}", EINVAL)
+        raise UapiError(f"invalid endpoint: {redacted(value[:80])}", EINVAL)
     bracketed = host.startswith("[")
     if bracketed:
         if len(host) < 2 or not host.endswith("]"):
-            raise UapiError(f"invalid endpoint: {value[:80]!r}", EINVAL)
+            raise UapiError(f"invalid endpoint: {redacted(value[:80])}", EINVAL)
         host = host[1:-1]
     port = _parse_uint(port_text, 16, "endpoint port")
     address = _parse_addr(host)
     if bracketed != (address.version == 6):
-        raise UapiError(f"invalid endpoint: {value[:80]!r}: brackets go with IPv6", EINVAL)
+        raise UapiError(f"invalid endpoint: {redacted(value[:80])}: brackets go with IPv6", EINVAL)
     return address, port
 
 
@@ -253,16 +271,18 @@ def _parse_prefix_with_ipaddress(value: str) -> Prefix:
     """:func:`_parse_prefix` for any text, with ``ipaddress`` (slower, and the reference)."""
     address_text, slash, bits_text = value.rpartition("/")
     if not slash:
-        raise UapiError(f"invalid allowed_ip: {value[:60]!r}: no '/'", EINVAL)
+        raise UapiError(f"invalid allowed_ip: {redacted(value[:60])}: no '/'", EINVAL)
     address = _parse_addr(address_text)
     if getattr(address, "scope_id", None) is not None:
-        raise UapiError(f"invalid allowed_ip: {value[:60]!r}: zones are not allowed", EINVAL)
+        raise UapiError(
+            f"invalid allowed_ip: {redacted(value[:60])}: zones are not allowed", EINVAL
+        )
     if (
         not _DIGITS.fullmatch(bits_text)
         or (len(bits_text) > 1 and bits_text[0] == "0")
         or int(bits_text[:4]) > address.max_prefixlen
     ):
-        raise UapiError(f"invalid allowed_ip: {value[:60]!r}: bad prefix length", EINVAL)
+        raise UapiError(f"invalid allowed_ip: {redacted(value[:60])}: bad prefix length", EINVAL)
     return Prefix.from_network(ipaddress.ip_network((address, int(bits_text)), strict=False))
 
 
@@ -420,12 +440,16 @@ class SetRequest:
         errno: 0, or the negative errno of the line that ended the request early; device and
             peers then hold what came before that line (wireguard-go has applied it).
         message: what was wrong, for the log; never contains key material.
+        more: a slice of a request that goes on (see "Slices" above): apply it, answer nothing
+            yet; if applying it fails, skip the request's other slices and answer that errno
+            after its last one.
     """
 
     device: DeviceSet = attrs.field(factory=DeviceSet)
     peers: tuple[PeerSet, ...] = attrs.field(default=(), converter=_peer_sets)
     errno: int = 0
     message: str = attrs.field(default="", eq=False)
+    more: bool = False
 
 
 @attrs.frozen
@@ -469,6 +493,10 @@ class _PeerDraft:
     replace_allowed_ips: bool = False
     allowed_ips: list[AllowedIPChange] = attrs.field(factory=list)
 
+    def continuation(self) -> _PeerDraft:
+        """The same peer part, for the lines of the next slice (what was read is applied)."""
+        return _PeerDraft(self.public_key, remove=self.remove, update_only=self.update_only)
+
     def freeze(self) -> PeerSet:
         if self.remove:
             return PeerSet(self.public_key, remove=True)
@@ -490,6 +518,7 @@ class _SetDraft:
         self.device: dict[str, object] = {}
         self.peers: list[PeerSet] = []
         self.peer: _PeerDraft | None = None
+        self.lines = 0  # lines read since the last slice
 
     def finish(self, errno: int = 0, message: str = "") -> SetRequest:
         if self.peer is not None:
@@ -497,6 +526,16 @@ class _SetDraft:
             self.peer = None
         device = DeviceSet(**self.device)  # type: ignore[arg-type]
         return SetRequest(device, self.peers, errno, message)
+
+    def slice(self) -> SetRequest:
+        """What was read so far, to apply now (``more=True``); the peer part being read goes on."""
+        peers = self.peers
+        if self.peer is not None:
+            peers.append(self.peer.freeze())
+            self.peer = self.peer.continuation()
+        device = DeviceSet(**self.device)  # type: ignore[arg-type]
+        self.device, self.peers, self.lines = {}, [], 0
+        return SetRequest(device, peers, more=True)
 
     def line(self, line: str) -> None:
         """Apply one ``key=value`` line.
@@ -528,7 +567,7 @@ class _SetDraft:
         elif key == "replace_peers":
             self.device["replace_peers"] = _parse_true(value, "replace_peers")
         else:
-            raise UapiError(f"invalid device key: {key[:40]!r}", EINVAL)
+            raise UapiError(f"invalid device key: {redacted(key[:40])}", EINVAL)
 
     @staticmethod
     def peer_line(peer: _PeerDraft, key: str, value: str) -> None:
@@ -554,9 +593,9 @@ class _SetDraft:
             peer.allowed_ips.clear()
         elif key == "protocol_version":
             if value != "1":
-                raise UapiError(f"invalid protocol_version: {value[:40]!r}", EINVAL)
+                raise UapiError(f"invalid protocol_version: {redacted(value[:40])}", EINVAL)
         else:
-            raise UapiError(f"invalid peer key: {key[:40]!r}", EINVAL)
+            raise UapiError(f"invalid peer key: {redacted(key[:40])}", EINVAL)
 
 
 class UapiRequestParser:
@@ -571,7 +610,9 @@ class UapiRequestParser:
                 if isinstance(event, GetRequest):
                     await stream.send_all(format_get_response(device.snapshot()))
                 elif isinstance(event, SetRequest):
-                    await stream.send_all(format_errno(device.apply(event)))
+                    result = device.apply(event)       # a slice, or the whole request
+                    if not event.more:                 # (after a failed slice, skip the rest)
+                        await stream.send_all(format_errno(result or event.errno))
                 elif isinstance(event, RequestError):
                     await stream.send_all(format_errno(event.errno))
                 else:  # CloseConnection
@@ -694,6 +735,9 @@ class UapiRequestParser:
             return
         try:
             self._set.line(raw.decode("utf-8", "surrogateescape"))
+            self._set.lines += 1
+            if self._set.lines >= SET_SLICE_LINES:
+                events.append(self._set.slice())
         except UapiError as exc:
             events.append(self._set.finish(exc.errno, str(exc)))
             self._set = None
@@ -926,7 +970,7 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
         for line in body:
             key, equals, value = line.partition("=")
             if not equals:
-                raise UapiError(f"line without '=' in get response: {line[:40]!r}")
+                raise UapiError(f"line without '=' in get response: {redacted(line[:40])}")
             if key == "public_key":
                 peers.append(
                     {
