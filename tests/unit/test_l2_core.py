@@ -13,6 +13,7 @@ from tests.helpers.l2net import BROADCAST, L2Net, frame, hub_and_spokes, mac
 from tests.helpers.wgnet import A_ADDRESS, B_ADDRESS, Net, ipv4_packet
 
 from minivpn.wireguard.config import ConfigError, format_config, parse_config
+from minivpn.wireguard.counters import KEEPALIVE_SIZE
 from minivpn.wireguard.ethernet import FRAME_HEADER_SIZE, EthernetCore
 from minivpn.wireguard.events import DropReason, MacMoved, ModeMismatch
 from minivpn.wireguard.keys import PrivateKey, PublicKey
@@ -35,6 +36,17 @@ def test_broadcast_from_a_spoke_reaches_the_hub_tap_and_the_other_spoke_not_the_
     # the hub learned HOST1 behind spoke 1; spoke 2 learned it behind the hub
     assert hub.core.switch.lookup(HOST1, net.now) is hub.peer(one)
     assert two.core.switch.lookup(HOST1, net.now) is two.peer(hub)
+
+
+def test_keepalives_are_counted_as_such_not_as_frames() -> None:
+    net, hub, one, _ = hub_and_spokes()
+    net.frame_from_tap(one, frame(BROADCAST, HOST1, bytes(46)))  # a session, and data from 1
+    of_hub = one.peer(hub)
+    rx_before, data_before = of_hub.rx_bytes, of_hub.counters.data_bytes(of_hub.rx_bytes, 0)
+    net.advance(11)  # the hub received data and sent nothing back for 10 s: a keepalive
+    assert of_hub.counters.keepalives_received == 1
+    assert of_hub.rx_bytes == rx_before + KEEPALIVE_SIZE
+    assert of_hub.counters.data_bytes(of_hub.rx_bytes, 0) == data_before  # not data
 
 
 def test_unicast_spoke_to_spoke_is_switched_by_the_hub_past_its_tap() -> None:

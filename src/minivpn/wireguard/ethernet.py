@@ -380,6 +380,7 @@ class EthernetCore(WireGuardCore):
             self._confirm_next_keypair(peer, keypair, source, now)
         self._data_received(peer, len(datagram), plain_size, source, now)
         if plain_size == 0:
+            peer.counters.keepalives_received += 1
             return DONE  # a keepalive
         return self._switch_frame(peer, out, plain_size, now)
 
