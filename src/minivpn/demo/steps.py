@@ -145,6 +145,31 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
     def say(text: str = "") -> None:
         print(text, file=stream, flush=True)
 
+    run_torn_down(_run_steps, options, say)
+    try:
+        vpn, demo = doc_path("vpn.md"), doc_path("demo.md")
+    except FileNotFoundError:  # an installation without its docs: name them as in the source
+        vpn, demo = Path("docs/vpn.md"), Path("docs/demo.md")
+    say(f"\nHow it works: read {vpn} (and {demo} for this demo, step by step).")
+    return 0
+
+
+def run_torn_down(
+    steps: Callable[[DemoOptions, Callable[[str], None], Teardown, str | None], None],
+    options: DemoOptions,
+    say: Callable[[str], None],
+) -> None:
+    """Run a demo's *steps*, then tear down everything they made, whatever happened.
+
+    The steps get the options, a ``say`` that raises a pending interrupt, the teardown to
+    register what they make, and the mount target of ``_check_prerequisites``.  SIGINT, SIGTERM
+    and SIGHUP interrupt them (``_stop_signals_interrupt``).
+
+    Raises:
+        NeedsRoot: no CAP_NET_ADMIN/CAP_SYS_ADMIN.
+        DemoError: a step failed (everything made so far is torn down by then).
+        KeyboardInterrupt: a stop signal (after "Interrupted." and the teardown).
+    """
     mount_target = _check_prerequisites()
     teardown = Teardown()
     with _stop_signals_interrupt() as signalled:
@@ -158,7 +183,7 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
             say(text)
 
         try:
-            _run_steps(options, say_between_steps, teardown, mount_target)
+            steps(options, say_between_steps, teardown, mount_target)
             if signalled():
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
@@ -166,12 +191,6 @@ def run_demo(options: DemoOptions, out: TextIO | None = None) -> int:
             raise
         finally:
             teardown.run(say)
-    try:
-        vpn, demo = doc_path("vpn.md"), doc_path("demo.md")
-    except FileNotFoundError:  # an installation without its docs: name them as in the source
-        vpn, demo = Path("docs/vpn.md"), Path("docs/demo.md")
-    say(f"\nHow it works: read {vpn} (and {demo} for this demo, step by step).")
-    return 0
 
 
 @contextlib.contextmanager

@@ -44,11 +44,10 @@ from minivpn.demo.steps import (
     OUTER_A,
     OUTER_B,
     DemoOptions,
-    _check_prerequisites,
     _ping,
     _snapshot,
-    _stop_signals_interrupt,
     _wait_until_up,
+    run_torn_down,
 )
 from minivpn.documentation import doc_path
 
@@ -76,24 +75,7 @@ def run_tap_demo(options: DemoOptions, out: TextIO | None = None) -> int:
     def say(text: str = "") -> None:
         print(text, file=stream, flush=True)
 
-    mount_target = _check_prerequisites()
-    teardown = Teardown()
-    with _stop_signals_interrupt() as signalled:
-
-        def say_between_steps(text: str = "") -> None:
-            if signalled():
-                raise KeyboardInterrupt
-            say(text)
-
-        try:
-            _run_steps(options, say_between_steps, teardown, mount_target)
-            if signalled():
-                raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            say("\nInterrupted.")
-            raise
-        finally:
-            teardown.run(say)
+    run_torn_down(_run_steps, options, say)
     try:
         l2 = doc_path("l2.md")
     except FileNotFoundError:
