@@ -698,6 +698,10 @@ BAD_ARGUMENTS = [
     (["--connect", "198.51.100.2"], "expected HOST:PORT"),
     (["--connect", "fd00::2:5000"], "in brackets"),
     (["--connect", "[fd00::zz]:5000"], "not an IPv6 address"),
+    (
+        ["--connect", "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=:5000"],
+        "looks like a key, not HOST:PORT",
+    ),
     ([], "one of the arguments --listen --connect is required"),
     (["--listen", ":5000", "--connect", "198.51.100.2:5000"], "not allowed with"),
     (["--listen", ":5000", "--udp", "--tcp"], "not allowed with"),
@@ -713,6 +717,7 @@ def test_bad_arguments_are_one_line(topo: Topology) -> None:
         line = assert_clean_failure(result)
         assert result.returncode == 2, (args, result)
         assert message in line, (args, line)
+        assert "yAnz5TF" not in result.stderr, result.stderr  # a key is never repeated
     assert not link_exists(ns, DEVICE)
 
 

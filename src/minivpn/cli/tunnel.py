@@ -12,6 +12,7 @@ from minivpn.cli import argtypes
 from minivpn.cli.signals import stop_on_signals
 from minivpn.stats import Counters
 from minivpn.tuntap.ioctl import Mode
+from minivpn.wireguard.keys import looks_like_key, redacted
 
 log = logging.getLogger("minivpn.tunnel")
 
@@ -40,6 +41,11 @@ def parse_hostport(text: str, *, listen: bool) -> tuple[str, int]:
     Raises:
         argparse.ArgumentTypeError: with a message naming the problem.
     """
+    if looks_like_key(text):
+        # A key pasted into the wrong field: never resolved, never repeated (docs/reliability.md).
+        raise argparse.ArgumentTypeError(
+            f"{redacted(text)}: that looks like a key, not HOST:PORT; it was not resolved"
+        )
     host, sep, port_text = text.rpartition(":")
     if not sep and listen:
         host, port_text = "", text  # a bare port
