@@ -161,6 +161,7 @@ def moved_pair(
 def test_returns_once_device_and_socket_exist(topo: Topology, daemons: Daemons) -> None:
     ns = topo.namespace()
     name = fresh_name()
+    made_the_directory = not SOCKET_DIR.exists()
     result = minivpnd(ns, name)
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     # Right after the command returned, both exist (no waiting here: that is the contract).
@@ -170,7 +171,8 @@ def test_returns_once_device_and_socket_exist(topo: Topology, daemons: Daemons) 
     mode = path.lstat().st_mode
     assert stat.S_ISSOCK(mode)
     assert stat.S_IMODE(mode) == 0o600
-    assert stat.S_IMODE(SOCKET_DIR.stat().st_mode) == 0o700
+    if made_the_directory:  # wireguard-go, run earlier in the session, makes it 0755
+        assert stat.S_IMODE(SOCKET_DIR.stat().st_mode) == 0o700
     assert found["mtu"] == 1420
     assert "tun" in ns.ip("-d", "link", "show", name).stdout
     pid = daemons.find(name)
