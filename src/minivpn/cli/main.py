@@ -26,8 +26,18 @@ from minivpn.errors import MinivpnError
 from minivpn.logs import configure_logging
 from minivpn.tuntap.errors import ModeMismatch
 
-#: Sub-command modules, in the order ``minivpn --help`` lists them.
-COMMAND_MODULES = ("tun", "dump", "tunnel", "keys", "show", "up", "trace", "doctor", "demo")
+#: Sub-command modules, in the order ``minivpn --help`` lists them, and the commands each adds.
+COMMAND_MODULES = {
+    "tun": ("tun",),
+    "dump": ("dump",),
+    "tunnel": ("tunnel",),
+    "keys": ("genkey", "pubkey", "genpsk"),
+    "show": ("show",),
+    "up": ("up", "down"),
+    "trace": ("trace",),
+    "doctor": ("doctor",),
+    "demo": ("demo",),
+}
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -96,12 +106,20 @@ def _add_verbosity(parser: argparse.ArgumentParser, tally: _Tally, done: set[int
                 _add_verbosity(child, tally, done)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the full ``minivpn`` argument parser.
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Build the ``minivpn`` argument parser: the full one, or one command's if *argv* names it.
 
+    A command line that names a command imports only that command's module: ``minivpn up``
+    becomes the process of a running interface, which need not keep the other commands'
+    parsers and imports resident (about 0.3 MiB; docs/performance.md, "Memory of a running
+    interface").
     The verbosity the command line asks for is counted in ``parser.verbosity.value`` as it is
     parsed (``_main`` puts it in ``args.verbosity``).
     """
+    # The first word that is not an option is the command (the main parser's options take no
+    # values); anything else, a typo included, gets the full parser and its list of commands.
+    command = next((word for word in argv if not word.startswith("-")), None)
+    modules = [name for name, commands in COMMAND_MODULES.items() if command in commands]
     parser = _Parser(
         prog="minivpn",
         description="A small, readable userspace VPN for Linux: TUN/TAP, tunnels, WireGuard.",
@@ -111,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", parser_class=_Parser, title="commands"
     )
     parser.set_defaults(func=argtypes.print_help_handler(parser))
-    for name in COMMAND_MODULES:
+    for name in modules or COMMAND_MODULES:
         module = importlib.import_module(f"minivpn.cli.{name}")
         module.register(sub)
     tally = _Tally()
@@ -126,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.verbosity = parser.verbosity.value  # type: ignore[attr-defined]
     configure_logging(args.verbosity)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import socket
@@ -210,6 +209,8 @@ class _Batch:
     def line(self, position: int) -> bytes:
         found = self._lines.get(position)
         if found is None:
+            import json  # only once someone traces: not kept in every running interface
+
             text = json.dumps(self.object(position), separators=(",", ":"))
             found = self._lines[position] = text.encode() + b"\n"
         return found
@@ -227,6 +228,8 @@ class Consumer(Protocol):
 
 
 def _lost_line(count: int, now: float) -> bytes:
+    import json  # only once someone traces (see _Batch.line)
+
     return json.dumps({"time": round(now, 6), "event": "lost", "count": count}).encode() + b"\n"
 
 
@@ -501,6 +504,8 @@ async def _send_events(stream: trio.SocketStream, hub: TraceHub, consumer: Socke
     A client that goes away is no error of the interface's: each task of the client's
     nursery handles it itself, so no error of one client ever reaches the interface.
     """
+    import json  # only once someone traces (see _Batch.line)
+
     with contextlib.suppress(*_GONE):
         await stream.send_all(json.dumps(hub.hello()).encode() + b"\n")
         while True:
@@ -513,6 +518,8 @@ class _BadRequest(Exception):
 
 async def _read_request(stream: trio.SocketStream) -> SocketConsumer:
     """The client's one request line, as a consumer with its filter."""
+    import json  # only once someone traces (see _Batch.line)
+
     data = b""
     with trio.move_on_after(_REQUEST_TIMEOUT):
         while b"\n" not in data and len(data) <= _REQUEST_LIMIT:
@@ -545,5 +552,7 @@ async def _read_request(stream: trio.SocketStream) -> SocketConsumer:
 
 
 async def _send_quietly(stream: trio.SocketStream, message: dict[str, Any]) -> None:
+    import json  # only once someone traces (see _Batch.line)
+
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_all(json.dumps(message).encode() + b"\n")

@@ -45,7 +45,6 @@ repeat a key's text, since it may be a private key.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
@@ -412,6 +411,8 @@ class _Parser:
         known = _KEYS.get(key_text.lower())
         where = f"[{self.section}]" if self.section else "outside any section"
         if known is None:
+            import difflib  # only for a misspelt key: not kept in a running interface
+
             hint = difflib.get_close_matches(key_text.lower(), list(_KEYS), n=1, cutoff=0.75)
             suggestion = f" (did you mean {_KEYS[hint[0]][0]!r}?)" if hint else ""
             prefix = "in " if self.section else ""

@@ -16,8 +16,9 @@ WireGuard fixes its algorithms; there is no negotiation.  With the paper's names
 ``DH(priv, pub)``   X25519: :func:`dh`
 ==================  ===========================================================================
 
-``cryptography`` (OpenSSL) provides X25519 and ChaCha20-Poly1305, :mod:`hashlib` provides BLAKE2s.
-``cryptography`` has no XChaCha20-Poly1305, so that one comes from libsodium through PyNaCl.
+``cryptography`` (OpenSSL) provides ChaCha20-Poly1305, :mod:`hashlib` provides BLAKE2s.
+``cryptography`` has no XChaCha20-Poly1305, so that one comes from libsodium through PyNaCl, and
+so does X25519 (:mod:`minivpn.wireguard.keys` says why).
 
 Data packets are the hot path: a transport key seals and opens millions of packets, so
 :class:`TransportCipher` builds the ChaCha20-Poly1305 context once per key and offers ``*_into``

@@ -34,7 +34,8 @@ import re
 from typing import TYPE_CHECKING, ClassVar, Self
 
 import attrs
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+import nacl.bindings
+import nacl.exceptions
 
 from minivpn.wireguard.errors import InvalidKey, LowOrderKey
 
@@ -132,8 +133,26 @@ def _preshared_bytes(value: bytes) -> bytes:
     return _check_key_bytes(value, "preshared key")
 
 
+def _x25519(scalar: bytes, point: bytes) -> bytes:
+    """X25519 (libsodium, through PyNaCl): the shared secret of a scalar and a public key.
+
+    libsodium, not ``cryptography``: the first X25519 call through ``cryptography`` loads its
+    OpenSSL backend's Python modules, about 1 MiB resident in every running interface
+    (docs/performance.md, "Memory of a running interface"), and libsodium is loaded anyway for
+    XChaCha20-Poly1305.  libsodium clamps the scalar and ignores the point's top bit, as
+    RFC 7748 says.
+
+    Raises:
+        ValueError: the result would be all zeros (``point`` is a low-order point).
+    """
+    try:
+        return nacl.bindings.crypto_scalarmult(scalar, point)
+    except nacl.exceptions.RuntimeError:  # libsodium refuses an all-zero shared secret
+        raise ValueError("low-order point") from None
+
+
 # A fixed scalar for the low-order test; any clamped scalar gives the same verdict.
-_LOW_ORDER_PROBE = X25519PrivateKey.from_private_bytes(_clamp(bytes(range(1, 33))))
+_LOW_ORDER_PROBE = _clamp(bytes(range(1, 33)))
 
 
 # --- public keys ----------------------------------------------------------------------------------
@@ -151,11 +170,6 @@ class PublicKey:
     """
 
     raw: bytes = attrs.field(converter=_public_bytes)
-    _x25519: X25519PublicKey = attrs.field(init=False, eq=False, hash=False)
-
-    def __attrs_post_init__(self) -> None:
-        # The cryptography object is built once, here, because every handshake uses it.
-        object.__setattr__(self, "_x25519", X25519PublicKey.from_public_bytes(self.raw))
 
     @classmethod
     def from_base64(cls, text: str) -> PublicKey:
@@ -190,15 +204,10 @@ class PublicKey:
         we try one fixed scalar.
         """
         try:
-            _LOW_ORDER_PROBE.exchange(self._x25519)
-        except ValueError:  # cryptography refuses to return an all-zero shared secret
+            _x25519(_LOW_ORDER_PROBE, self.raw)
+        except ValueError:
             return True
         return False
-
-    @property
-    def x25519(self) -> X25519PublicKey:
-        """The key as a ``cryptography`` object, for Diffie-Hellman."""
-        return self._x25519
 
     def __repr__(self) -> str:
         return f"PublicKey({self.to_base64()})"
@@ -297,13 +306,11 @@ class PrivateKey(_SecretKey):
     _KIND: ClassVar[str] = "private key"
 
     raw: bytes = attrs.field(converter=_clamped_private_bytes)
-    _x25519: X25519PrivateKey = attrs.field(init=False)
     _public: PublicKey = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        private = X25519PrivateKey.from_private_bytes(self.raw)
-        object.__setattr__(self, "_x25519", private)
-        object.__setattr__(self, "_public", PublicKey(private.public_key().public_bytes_raw()))
+        public = nacl.bindings.crypto_scalarmult_base(self.raw)
+        object.__setattr__(self, "_public", PublicKey(public))
 
     def public_key(self) -> PublicKey:
         """Return the matching public key, as ``wg pubkey`` computes it."""
@@ -316,7 +323,7 @@ class PrivateKey(_SecretKey):
             LowOrderKey: ``peer`` is a low-order point (the result would be all zeros).
         """
         try:
-            return self._x25519.exchange(peer.x25519)
+            return _x25519(self.raw, peer.raw)
         except ValueError:
             raise LowOrderKey(f"{peer} is a low-order point; it can never be used") from None
 
