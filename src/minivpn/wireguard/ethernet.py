@@ -54,11 +54,10 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 
 import attrs
 
-from minivpn.wireguard.constants import DEFAULT_MTU, PADDING_MULTIPLE, REJECT_AFTER_MESSAGES
+from minivpn.wireguard.constants import DEFAULT_MTU, PADDING_MULTIPLE
 from minivpn.wireguard.core import WireGuardCore
-from minivpn.wireguard.errors import DecryptionError
 from minivpn.wireguard.events import DropReason, MacMoved, ModeMismatch, SendDatagram
-from minivpn.wireguard.messages import TRANSPORT_HEADER_SIZE, MessageType
+from minivpn.wireguard.messages import MessageType
 from minivpn.wireguard.peer import Peer
 from minivpn.wireguard.results import (
     DONE,
@@ -69,7 +68,6 @@ from minivpn.wireguard.results import (
     Switched,
     WriteFrame,
     WriteToNetwork,
-    WriteToTunnel,
 )
 from minivpn.wireguard.send import TRANSPORT_OVERHEAD
 from minivpn.wireguard.switch import (
@@ -118,8 +116,6 @@ TAP_OVERHEAD = ETHERNET_HEADER_SIZE + FRAME_HEADER_SIZE
 _FRAME_HEADER = struct.Struct("!H")
 #: Destination and source MAC addresses, right after the frame header.
 _ADDRESSES = struct.Struct("!2x6s6s")
-#: type (4), receiver index, counter: the header of a data message (little-endian).
-_TRANSPORT_HEADER = struct.Struct("<IIQ")
 _TRANSPORT_DATA = int(MessageType.TRANSPORT_DATA)
 #: IP versions, as the first nibble of a plaintext shows them.
 _IP_VERSIONS = (4, 6)
@@ -332,10 +328,10 @@ class EthernetCore(WireGuardCore):
         """Process one UDP datagram from ``source``: a data message carrying a frame is
         switched; anything else is :meth:`decapsulate`'s (handshakes, cookies).
 
-        The steps of a data message are those of
-        :meth:`~minivpn.wireguard.receive.ReceivePath.decapsulate`, in the same order and by the
-        same calls; only the last one differs: :meth:`_switch_frame` instead of the inner IP
-        packet's check.
+        A data message takes the steps of
+        :meth:`~minivpn.wireguard.receive.ReceivePath.decapsulate`, by the same method
+        (``_receive_data_message``); only the last one differs, which that method is given:
+        :meth:`_switch_frame` instead of the inner IP packet's check.
 
         Args:
             source: the sender's ``(ip, port)``.
@@ -356,33 +352,8 @@ class EthernetCore(WireGuardCore):
             :class:`Dropped`: why not (also counted in :attr:`drops`).
         """
         if len(datagram) < TRANSPORT_OVERHEAD or datagram[0] != _TRANSPORT_DATA:
-            result = self._receive_handshake_message(source, datagram, out, now)
-            assert not isinstance(result, WriteToTunnel)  # handshake messages carry no packet
-            return result
-        # A data message: decrypt it, check it -- ReceivePath.decapsulate's steps.
-        word, receiver, counter = _TRANSPORT_HEADER.unpack_from(datagram)
-        if word != _TRANSPORT_DATA:
-            return self._drop(DropReason.MALFORMED)
-        keypair = self._index.keypairs.get(receiver)
-        if keypair is None:
-            return self._drop(DropReason.UNKNOWN_INDEX)
-        peer = keypair.peer
-        if now >= keypair.reject_at:
-            return self._drop(DropReason.KEYPAIR_EXPIRED, peer)
-        plain_size = len(datagram) - TRANSPORT_OVERHEAD
-        try:
-            keypair.receiver.open_into(counter, datagram[TRANSPORT_HEADER_SIZE:], out[:plain_size])
-        except DecryptionError:
-            return self._drop(DropReason.DECRYPTION_FAILED, peer)
-        if not keypair.replay.check_and_update(counter, REJECT_AFTER_MESSAGES):
-            return self._drop(DropReason.REPLAYED_COUNTER, peer)
-        if keypair is peer.keypairs.next:
-            self._confirm_next_keypair(peer, keypair, source, now)
-        self._data_received(peer, len(datagram), plain_size, source, now)
-        if plain_size == 0:
-            peer.counters.keepalives_received += 1
-            return DONE  # a keepalive
-        return self._switch_frame(peer, out, plain_size, now)
+            return self._receive_handshake_message(source, datagram, out, now)
+        return self._receive_data_message(source, datagram, out, now, self._switch_frame)
 
     def _switch_frame(self, peer: Peer, out: memoryview, size: int, now: float) -> FrameReceived:
         """Check the decrypted frame, learn its source, and send it where the switch says.
@@ -392,6 +363,7 @@ class EthernetCore(WireGuardCore):
             out: holds the frame header, the frame and the padding at ``out[:size]``; what
                 goes on to other peers is written after it.
             size: the decrypted length.
+            now: the current monotonic time (the switch ages its table by it).
         """
         (length,) = _FRAME_HEADER.unpack_from(out)
         if length > MAX_FRAME_SIZE:  # the top bits are not zero: not a frame header
