@@ -1,7 +1,8 @@
 """Layer-2 mode end to end in memory: EthernetCores (hub and spokes) exchanging frames.
 
 Sans-IO: tests/helpers/l2net.py carries the datagrams and plays the TAP devices.  Also the
-``Mode``/``AllowedMACs`` configuration keys, and the mode mismatch against a layer-3 core.
+``Mode``/``AllowedMACs``/``FloodRate``/``FloodBurst`` configuration keys, and the mode mismatch
+against a layer-3 core.
 """
 
 from __future__ import annotations
@@ -294,3 +295,59 @@ def test_from_config_applies_allowed_macs_and_the_tap_mtu() -> None:
     response = format_get_response(core.snapshot_at(0.0)).decode()
     assert "minivpn_mode=tap\n" in response
     assert "minivpn_allowed_mac=02:00:00:00:00:01\n" in response
+
+
+@pytest.mark.parametrize(
+    ("lines", "rate", "burst"),
+    [
+        ("", 2000.0, 1000.0),  # the defaults
+        ("FloodRate = 50\nFloodBurst = 5\n", 50.0, 5.0),
+        ("floodrate = OFF\n", None, 1000.0),
+        ("FloodBurst = 10\n", 2000.0, 10.0),
+    ],
+)
+def test_flood_rate_and_burst_from_the_config_set_storm_control(
+    lines: str, rate: float | None, burst: float
+) -> None:
+    text = f"[Interface]\nPrivateKey = {KEY}\nMode = tap\n{lines}"
+    config = parse_config(text, "l2.conf")
+    assert parse_config(format_config(config), "again.conf") == config
+    core = EthernetCore.from_config(config, now=0.0)
+    assert (core.switch.flood_rate, core.switch.flood_burst) == (rate, burst)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[Interface]\nMode = tap\nFloodRate = fast\n",
+            "l2.conf:3: FloodRate must be off or a number of frames a second from 1 to 1000000, "
+            "got 'fast'",
+        ),
+        ("[Interface]\nMode = tap\nFloodRate = 0\n", "l2.conf:3: FloodRate must be off"),
+        ("[Interface]\nMode = tap\nFloodRate = 1000001\n", "l2.conf:3: FloodRate must be off"),
+        ("[Interface]\nMode = tap\nFloodBurst = 0\n", "l2.conf:3: FloodBurst must be a number"),
+        ("[Interface]\nMode = tap\nFloodBurst = -1\n", "l2.conf:3: FloodBurst must be a number"),
+        (
+            "[Interface]\nFloodRate = 100\n",
+            "l2.conf:2: FloodRate needs 'Mode = tap' in [Interface]: it sets the storm control",
+        ),
+        (
+            "[Interface]\nFloodBurst = 100\nMode = tun\n",
+            "l2.conf:2: FloodBurst needs 'Mode = tap'",
+        ),
+        (
+            "[Interface]\nMode = tap\nFloodRate = off\nFloodBurst = 10\n",
+            "l2.conf:4: FloodBurst has no meaning with 'FloodRate = off' (line 3)",
+        ),
+        (
+            "[Interface]\nMode = tap\nFloodRate = 5\nFloodRate = 6\n",
+            "l2.conf:4: duplicate 'FloodRate' in [Interface] (first given on line 3)",
+        ),
+        ("[Peer]\nFloodRate = 5\n", "l2.conf:2: key 'FloodRate' belongs in [Interface]"),
+    ],
+)
+def test_storm_control_config_errors_name_file_and_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "l2.conf")
+    assert str(info.value).startswith(message)

@@ -73,6 +73,7 @@ from minivpn.wireguard.send import TRANSPORT_OVERHEAD
 from minivpn.wireguard.switch import (
     DEFAULT_AGING,
     DEFAULT_CAPACITY,
+    DEFAULT_FLOOD_BURST,
     DEFAULT_FLOOD_RATE,
     LearningSwitch,
     MacEntry,
@@ -144,6 +145,7 @@ class EthernetCore(WireGuardCore):
         mac_table_size: the most MAC addresses the switch remembers.
         flood_rate: flooded frames a second each port (a peer, the TAP device) may send, or
             None: no limit (the switch's storm control).
+        flood_burst: flooded frames a port may send at once above the rate.
 
     One frame each way, as :mod:`minivpn.runtime.frames` does it::
 
@@ -174,6 +176,7 @@ class EthernetCore(WireGuardCore):
         mac_aging: float = DEFAULT_AGING,
         mac_table_size: int = DEFAULT_CAPACITY,
         flood_rate: float | None = DEFAULT_FLOOD_RATE,
+        flood_burst: float = DEFAULT_FLOOD_BURST,
     ) -> None:
         super().__init__(
             private_key,
@@ -185,7 +188,9 @@ class EthernetCore(WireGuardCore):
             wall_clock=wall_clock,
             report_drops=report_drops,
         )
-        self.switch: LearningSwitch[Port] = LearningSwitch(mac_aging, mac_table_size, flood_rate)
+        self.switch: LearningSwitch[Port] = LearningSwitch(
+            mac_aging, mac_table_size, flood_rate, flood_burst
+        )
 
     @classmethod
     def from_config(
@@ -203,7 +208,8 @@ class EthernetCore(WireGuardCore):
         """Build a device from a ``Mode = tap`` configuration: its peers and their AllowedMACs.
 
         The arguments are :meth:`WireGuardCore.from_config`'s; without ``mtu`` or the
-        config's ``MTU``, the TAP device's default MTU (1404).
+        config's ``MTU``, the TAP device's default MTU (1404).  The config's ``FloodRate``
+        and ``FloodBurst``, where given, set the switch's storm control.
         """
         if mtu is None and config.interface.mtu is None:
             mtu = DEFAULT_MTU - TAP_OVERHEAD
@@ -218,6 +224,11 @@ class EthernetCore(WireGuardCore):
             report_drops=report_drops,
         )
         assert isinstance(core, EthernetCore)
+        interface = config.interface
+        if interface.flood_rate is not None:  # 0: FloodRate = off
+            core.switch.flood_rate = float(interface.flood_rate) if interface.flood_rate else None
+        if interface.flood_burst is not None:
+            core.switch.flood_burst = float(interface.flood_burst)
         for peer_config in config.peers:
             if peer_config.allowed_macs and peer_config.public_key in core.peers:
                 core.set_allowed_macs(peer_config.public_key, peer_config.allowed_macs)
