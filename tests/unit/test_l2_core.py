@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests.helpers.l2net import BROADCAST, L2Net, frame, hub_and_spokes, mac
 from tests.helpers.wgnet import A_ADDRESS, B_ADDRESS, Net, ipv4_packet
 
+from minivpn.runtime.vpn import _moved
 from minivpn.wireguard.config import ConfigError, format_config, parse_config
 from minivpn.wireguard.counters import KEEPALIVE_SIZE
 from minivpn.wireguard.ethernet import FRAME_HEADER_SIZE, EthernetCore
@@ -96,6 +97,24 @@ def test_a_mac_move_between_spokes_is_reported() -> None:
     assert hub.core.switch.lookup(HOST1, net.now) is hub.peer(two)
     net.frame_from_tap(hub, frame(HOST1, HUBHOST))
     assert two.tap[-1] == frame(HOST1, HUBHOST)
+
+
+def test_moves_not_reported_are_counted_in_the_next_reported_move_and_its_log_line() -> None:
+    net, hub, one, two = hub_and_spokes()
+    for n in range(6):  # HOST1 flaps: 1 -> 2 reported, then four moves within 10 s are not
+        net.frame_from_tap(two if n % 2 else one, frame(BROADCAST, HOST1))
+    net.advance(11.0)
+    net.frame_from_tap(one, frame(BROADCAST, HOST2))
+    net.frame_from_tap(two, frame(BROADCAST, HOST2))  # another address moves: reported
+    moves = [e for e in hub.events if isinstance(e, MacMoved)]
+    assert moves == [
+        MacMoved(HOST1, one.public_key, two.public_key, 0),
+        MacMoved(HOST2, one.public_key, two.public_key, 4),
+    ]
+    line = _moved(moves[1])
+    assert line.startswith(f"MAC {HOST2.hex(':')} moved from peer ")
+    assert line.endswith(" (4 more moves not logged since the last such line)")
+    assert "not logged" not in _moved(moves[0])
 
 
 def test_storm_control_drops_and_counts_floods_beyond_the_limit_on_both_ways() -> None:

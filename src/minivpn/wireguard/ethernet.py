@@ -416,7 +416,9 @@ class EthernetCore(WireGuardCore):
         moves = self.switch.moves
         if moves:
             for move in moves:
-                self._actions.append(MacMoved(move.mac, _key(move.old), _key(move.new)))
+                self._actions.append(
+                    MacMoved(move.mac, _key(move.old), _key(move.new), move.unreported)
+                )
             moves.clear()
         return super().take_actions()
 
