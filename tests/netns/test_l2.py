@@ -183,6 +183,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[L2Lab]:
                 built.stop_all()
 
 
+def doctor(ns: Namespace, name: str) -> subprocess.CompletedProcess[str]:
+    """``minivpn doctor NAME`` in *ns*, its report's wrapped lines joined into one."""
+    result = ns.run([*MINIVPN, "doctor", name], check=False, timeout=60)
+    assert "Traceback" not in result.stderr, result.stderr
+    result.stdout = " ".join(result.stdout.split())
+    return result
+
+
 def neighbour_mac(ns: Namespace, address: str) -> str:
     """The MAC address ``ip neigh`` lists for *address* in *ns* ('' if none)."""
     shown = ns.ip("neigh", "show", address).stdout.split()
@@ -278,6 +286,12 @@ def test_a_forged_source_mac_is_refused_and_counted(lab: L2Lab) -> None:
         lan1.ip("neigh", "flush", "dev", veth)
         assert ping(lan1, HUB4, count=3, interval=0.2).returncode != 0
         assert lab.drops("hub").get("disallowed_mac", 0) > before  # its ARP requests
+        report = doctor(lab.hub, lab.names["hub"])
+        assert report.returncode == 1
+        assert (
+            "frames from it were dropped: their source MAC address is not in its AllowedMACs"
+            in (report.stdout)
+        )
     finally:
         lan1.ip("link", "set", veth, "address", lab.sites[0].mac(0x11))
         lan1.ip("neigh", "flush", "dev", veth)
@@ -444,6 +458,16 @@ def test_a_layer3_peer_is_refused_clearly(tmp_path: Path) -> None:
             processes[0].wait_for(r"sends IP packets, but this interface is in Mode = tap")
             assert ping(a, "10.87.0.2", count=2, interval=0.3).returncode != 0  # ARP: a frame
             processes[1].wait_for(r"sends Ethernet frames \(it is minivpn in Mode = tap\)")
+            tap_report, tun_report = doctor(a, names[0]), doctor(b, names[1])
+            assert (
+                "messages from it were dropped: they carry IP packets, but this interface is in"
+                in (tap_report.stdout)
+            )
+            assert (
+                "they carry Ethernet frames (it is minivpn in Mode = tap), but this interface"
+                in (tun_report.stdout)
+            )
+            assert (tap_report.returncode, tun_report.returncode) == (1, 1)
         finally:
             for process in processes:
                 process.stop()
