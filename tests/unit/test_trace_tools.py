@@ -31,7 +31,13 @@ from minivpn.cli.main import build_parser
 from minivpn.doctor import Facts, diagnose
 from minivpn.logs import configure_logging, events_level
 from minivpn.netconf import LinkState
-from minivpn.runtime.trace_server import LogConsumer, SocketConsumer, _Batch
+from minivpn.runtime.trace_server import (
+    BadRequest,
+    LogConsumer,
+    SocketConsumer,
+    _Batch,
+    parse_request_untrusted,
+)
 from minivpn.trace_lines import DROP_EXPLANATIONS, format_event, short_key, summarize_head
 from minivpn.wireguard.events import DropReason
 from minivpn.wireguard.keys import PrivateKey, PublicKey
@@ -451,6 +457,12 @@ def test_doctor_mode_mismatch_names_both_modes_and_comes_first() -> None:
         tap
     )
     assert "Mode = tap in its [Interface] too" in tap
+
+
+def test_a_trace_request_nested_deeper_than_python_recurses_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest, match="the request is not JSON"):
+        parse_request_untrusted(b"[" * 3000 + b"\n")
+    assert parse_request_untrusted(b'{"drops_only": true}\n') == (None, True)
 
 
 # --- UAPI keys ------------------------------------------------------------------------------------
