@@ -395,6 +395,8 @@ def test_minivpn_show_lists_the_mac_table(lab: L2Lab) -> None:
     python = [*MINIVPN, "show", name]
     text = lab.hub.run(python).stdout
     assert "  mode: tap (layer 2, a minivpn extension)\n" in text
+    storm = "  storm control: 2000 flooded frames a second per port, in bursts of up to 1000\n"
+    assert storm in text
     allowed = re.findall(r"^  allowed macs: (.*)$", text, re.M)
     assert sorted(sorted(line.split(", ")) for line in allowed) == [
         ["02:11:00:00:00:00/24", MOVER_MAC],
@@ -405,6 +407,7 @@ def test_minivpn_show_lists_the_mac_table(lab: L2Lab) -> None:
     assert re.search(r"^  02:44:00:00:00:01  this tap device  \d+ s$", text, re.M)
     shown = json.loads(lab.hub.run([*python, "--json"]).stdout)
     assert shown["mode"] == "tap"
+    assert (shown["flood_rate"], shown["flood_burst"]) == (2000, 1000)
     table = {entry["mac"]: entry for entry in shown["mac_table"]}
     assert table["02:11:00:00:00:11"]["peer"] == spoke1
     assert table["02:44:00:00:00:01"]["peer"] is None

@@ -21,7 +21,7 @@ from minivpn.wireguard.events import DropReason, MacMoved, ModeMismatch
 from minivpn.wireguard.keys import PrivateKey, PublicKey
 from minivpn.wireguard.results import DONE, Dropped, Switched, WriteToNetwork
 from minivpn.wireguard.switch import MacPrefix
-from minivpn.wireguard.uapi import format_get_response
+from minivpn.wireguard.uapi import format_get_response, parse_get_response
 
 HOST1, HOST2, HUBHOST = mac(1), mac(2), mac(3)
 
@@ -333,6 +333,12 @@ def test_flood_rate_and_burst_from_the_config_set_storm_control(
     assert parse_config(format_config(config), "again.conf") == config
     core = EthernetCore.from_config(config, now=0.0)
     assert (core.switch.flood_rate, core.switch.flood_burst) == (rate, burst)
+    # minivpn show gets it over the UAPI (keys wg skips), 0 for off
+    response = format_get_response(core.snapshot_at(0.0))
+    expected = f"minivpn_flood_rate={round(rate or 0)}\nminivpn_flood_burst={round(burst)}\n"
+    assert expected in response.decode()
+    parsed = parse_get_response(response)
+    assert (parsed.flood_rate, parsed.flood_burst) == (round(rate or 0), round(burst))
 
 
 @pytest.mark.parametrize(

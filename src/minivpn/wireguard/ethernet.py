@@ -428,7 +428,8 @@ class EthernetCore(WireGuardCore):
         return list(self.switch.entries(now))
 
     def snapshot_at(self, now: float) -> DeviceSnapshot:
-        """:meth:`snapshot`, with the mode, the MAC table and each peer's AllowedMACs."""
+        """:meth:`snapshot`, with the mode, the storm control, the MAC table and each peer's
+        AllowedMACs."""
         snapshot = self.snapshot()
         table = tuple(
             MacTableEntry(format_mac(entry.mac), _key(entry.port), int(entry.age))
@@ -439,7 +440,15 @@ class EthernetCore(WireGuardCore):
             allowed = self.switch.allowed_macs(self._peers[peer_snapshot.public_key])
             listed = tuple(str(prefix) for prefix in allowed) if allowed is not None else ()
             peers.append(attrs.evolve(peer_snapshot, allowed_macs=listed))
-        return attrs.evolve(snapshot, mode="tap", mac_table=table, peers=peers)
+        rate, burst = self.switch.flood_rate, self.switch.flood_burst
+        return attrs.evolve(
+            snapshot,
+            mode="tap",
+            mac_table=table,
+            peers=peers,
+            flood_rate=round(rate) if rate is not None else 0,
+            flood_burst=round(burst),
+        )
 
 
 def _key(port: Port) -> PublicKey | None:
