@@ -7,8 +7,10 @@ reports it (with minivpn's counters when the daemon is minivpn), and returns the
 each with what to try.  The checks, in the order they are printed:
 
 * the interface: no private key, no peers, the link down or missing here;
-* each peer: no handshake ever (the likely cause, :mod:`minivpn.wireguard.diagnosis`);
+* each peer: its ``Mode`` not ours (``mode_mismatch``: IP packets to a tap interface, frames
+  to a tun one); no handshake ever (the likely cause, :mod:`minivpn.wireguard.diagnosis`);
   handshakes but no data back; packets from it dropped for a source outside its allowed IPs;
+  in ``Mode = tap``, frames from it dropped for a source MAC outside its ``AllowedMACs``;
 * routes: an allowed-IPs prefix whose traffic the kernel sends out of another link;
 * allowed IPs: a peer's prefix inside another peer's;
 * MTU: the interface's MTU plus WireGuard's 60 (IPv4) or 80 (IPv6) bytes above the MTU of
@@ -162,7 +164,7 @@ def diagnose(
             Finding(name, "its link is down: nothing is routed into it", f"ip link set {name} up")
         )
     for peer in snapshot.peers:
-        findings += _peer_findings(name, peer, own_key, now)
+        findings += _peer_findings(name, peer, own_key, now, snapshot.mode)
     findings += _route_findings(name, snapshot, facts)
     findings += _overlap_findings(snapshot)
     findings += _mtu_findings(name, snapshot, facts)
@@ -170,10 +172,14 @@ def diagnose(
     return findings
 
 
-def _peer_findings(name: str, peer: PeerSnapshot, own_key: str | None, now: float) -> list[Finding]:
+def _peer_findings(
+    name: str, peer: PeerSnapshot, own_key: str | None, now: float, mode: str
+) -> list[Finding]:
     subject = f"peer {_short(peer.public_key.to_base64())}"
     counters, drops = dict(peer.counters), dict(peer.drops)
     found: list[Finding] = []
+    if drops.get("mode_mismatch"):  # first: it explains whatever else looks wrong with it
+        found.append(_mode_mismatch(subject, drops["mode_mismatch"], mode))
     if not peer.last_handshake_time_sec:
         if counters and not counters.get("initiations_sent") and peer.endpoint is not None:
             found.append(
@@ -229,7 +235,39 @@ def _peer_findings(name: str, peer: PeerSnapshot, own_key: str | None, now: floa
                 f"minivpn trace {name} --drops-only shows them",
             )
         )
+    if drops.get("disallowed_mac"):
+        count = drops["disallowed_mac"]
+        found.append(
+            Finding(
+                subject,
+                f"{count} frames from it were dropped: their source MAC address is not in its "
+                "AllowedMACs here",
+                "add the MAC addresses of the hosts behind it (or a prefix, such as their OUI: "
+                "52:54:00:00:00:00/24) to its AllowedMACs in this interface's config; a host "
+                "that moved away from the LAN behind it, or a forged address, is dropped on "
+                f"purpose; minivpn trace {name} --drops-only shows them",
+            )
+        )
     return found
+
+
+def _mode_mismatch(subject: str, count: int, mode: str) -> Finding:
+    """Its messages carry what the other ``Mode`` carries: the two ends' modes differ."""
+    if mode == "tap":
+        return Finding(
+            subject,
+            f"{count} messages from it were dropped: they carry IP packets, but this interface "
+            "is in Mode = tap (Ethernet frames, a minivpn extension): its Mode is not ours",
+            "give both ends the same Mode: Mode = tap in its [Interface] too (it must be "
+            "minivpn), or no Mode here (layer 3, with AllowedIPs for it)",
+        )
+    return Finding(
+        subject,
+        f"{count} messages from it were dropped: they carry Ethernet frames (it is minivpn in "
+        "Mode = tap), but this interface carries IP packets: its Mode is not ours",
+        "give both ends the same Mode: remove Mode = tap from its [Interface], or put "
+        "Mode = tap in ours (layer 2, a minivpn extension: see docs/l2.md)",
+    )
 
 
 def _route_findings(name: str, snapshot: DeviceSnapshot, facts: Facts) -> list[Finding]:

@@ -4,6 +4,8 @@ Two in-memory cores complete a handshake.  Then full-size TCP segments (MTU 1420
 timestamps option, as Linux sends them) go through
 
 * ``encapsulate`` and ``decapsulate``: the per-packet path, one call each;
+* ``decapsulate_frame``: layer 2's per-packet way in (``Mode = tap``), the same segments in
+  Ethernet frames to a known unicast MAC, so that each goes to the TAP device;
 * the offload engine's way out, fed MTU-sized reads (``MINIVPN_OFFLOAD=batch``) and 64 KB TSO
   super-packets (``tso``), sending trains into a sink that does nothing;
 * the offload engine's way in, fed UDP GRO batches of 44 datagrams, writing the merged
@@ -32,10 +34,12 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.helpers import gso_reference as ref
+from tests.helpers.l2net import L2Net, mac
 from tests.helpers.wgnet import A_ENDPOINT, established
 
 from minivpn.offload_engine import OffloadEngine
-from minivpn.wireguard.results import WriteToNetwork, WriteToTunnel
+from minivpn.wireguard.ethernet import FRAME_HEADER_SIZE
+from minivpn.wireguard.results import WriteFrame, WriteToNetwork, WriteToTunnel
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -99,6 +103,10 @@ def main() -> None:
     now = net.now
     figures["decapsulate (per-packet path)"] = best_of(args.repeat, count, decapsulate_all)
 
+    figures["decapsulate_frame (layer 2, per-packet)"] = decapsulate_frames(
+        segments, args.repeat, count
+    )
+
     frames = [memoryview(bytearray(ref.plain_frame(packet))) for packet in segments]
     engine = OffloadEngine(a.core, send=lambda d, s, e: None, write=lambda b: None)
 
@@ -161,6 +169,38 @@ def main() -> None:
     for name, us in figures.items():
         print(f"  {name:42} {us:6.2f} us/packet")
     print(f"  ({writes[0] // args.repeat} writes per run on the way in)")
+
+
+def decapsulate_frames(segments: list[bytes], repeat: int, count: int) -> float:
+    """``decapsulate_frame`` per frame: the segments in frames for a MAC behind the receiver."""
+    net = L2Net()
+    # MTU 1420 for the TAP devices too: the same IP packets, each 16 bytes longer in its message.
+    a = net.add("a", ("192.0.2.1", 51820), 1, mtu=1420)
+    b = net.add("b", ("192.0.2.2", 51820), 2, mtu=1420)
+    net.link(a, b, keepalive=25)
+    here, there = mac(1), mac(2)
+    net.frame_from_tap(b, there + here + b"\x08\x00" + bytes(46))  # b learns mac(2) as its own
+    net.sent.clear()
+    out = memoryview(bytearray(65535))
+    sealed = []
+    for packet in segments:
+        frame = here + there + b"\x08\x00" + packet
+        message = memoryview(bytearray(FRAME_HEADER_SIZE + len(frame)))
+        message[FRAME_HEADER_SIZE:] = frame
+        result = a.core.encapsulate_frame(message, out, net.now)
+        assert isinstance(result, WriteToNetwork)
+        sealed.append(bytes(out[: result.size]))
+    core, source, now = b.core, a.endpoint, net.now
+
+    def decapsulate_all() -> None:
+        core.drops.clear()
+        for keypair in core._index.keypairs.values():  # every run starts a fresh window
+            keypair.replay.reset()
+        for datagram in sealed:
+            result = core.decapsulate_frame(source, datagram, out, now)
+            assert isinstance(result, WriteFrame)
+
+    return best_of(repeat, count, decapsulate_all)
 
 
 if __name__ == "__main__":

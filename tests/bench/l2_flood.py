@@ -15,7 +15,7 @@ loss and round trips during the flood against a quiet baseline, the drop counter
 and the hub (SIGUSR1: ``flood_limited`` is storm control), what spoke 1's TAP device dropped
 because minivpn did not read it in time, and the load average.
 
-``--no-storm-control flooder`` runs spoke 1 without storm control (its switch floods all it
+``--no-storm-control flooder`` runs spoke 1 with ``FloodRate = off`` (its switch floods all it
 gets, as a peer that is not minivpn, or a modified one, would): then the hub's storm control is
 what protects the other spokes; ``--no-storm-control all`` runs every node without it (the
 switch as it was before storm control, for comparison in the same run).
@@ -85,14 +85,6 @@ def table_size(ns: Namespace, name: str) -> int:
     return len(json.loads(shown)["mac_table"])
 
 
-#: ``minivpn up`` with storm control off: EthernetCore's flood_rate defaults to None.
-UNLIMITED = (
-    "import sys; from minivpn.wireguard.ethernet import EthernetCore; "
-    "EthernetCore.__init__.__kwdefaults__['flood_rate'] = None; "
-    "from minivpn.cli.main import main; sys.argv[0] = 'minivpn'; sys.exit(main())"
-)
-
-
 def drops(pid: int, log: Path) -> str:
     """The drop counters minivpn logs on SIGUSR1."""
     before = log.read_text().count("dropped ")
@@ -159,17 +151,17 @@ def main() -> int:
         pids = {}
         logs = {}
         for name, (ns, text) in configs.items():
-            path = Path(f"/run/{name}.conf")
-            path.write_text(text)
-            path.chmod(0o600)
-            logs[name] = Path(f"/run/{name}.log")
             unlimited = args.no_storm_control == "all" or (
                 args.no_storm_control == "flooder" and name == "mvfs0"
             )
-            start = ["-c", UNLIMITED] if unlimited else ["-m", "minivpn"]
+            off = "Mode = tap\nFloodRate = off\n"  # storm control off, as a config can say
+            path = Path(f"/run/{name}.conf")
+            path.write_text(text.replace("Mode = tap\n", off) if unlimited else text)
+            path.chmod(0o600)
+            logs[name] = Path(f"/run/{name}.log")
             with logs[name].open("w") as log:
                 proc = ns.popen(
-                    [sys.executable, *start, "up", str(path), "--foreground"], stderr=log
+                    [sys.executable, "-m", "minivpn", "up", str(path), "--foreground"], stderr=log
                 )
             pids[name] = proc.pid
         deadline = time.monotonic() + 20

@@ -26,6 +26,12 @@ offload        :func:`minivpn.framing.offload.segments` (a TUN read behind a vir
 uapi           :class:`minivpn.wireguard.uapi.UapiRequestParser`, in chunks, then EOF; and
                :func:`~minivpn.wireguard.uapi.parse_get_response`
 config         :func:`minivpn.wireguard.config.parse_config`
+tap_receive    ``EthernetCore.decapsulate_frame`` of a live hub (``Mode = tap``): the
+               input as a datagram from a spoke, or (first byte odd) as the plaintext a
+               spoke seals, so that an authenticated message with any content reaches
+               the frame header and the switch; then the hub still switches frames
+trace_request  :func:`minivpn.runtime.trace_server.parse_request_untrusted`: what a
+               trace client sends
 =============  =====================================================================
 """
 
@@ -56,6 +62,7 @@ from minivpn.framing.pi import build_pi, parse_pi_untrusted
 from minivpn.framing.responder import answer_untrusted
 from minivpn.framing.stream import FrameDecoder, encode_frame
 from minivpn.framing.summary import summarize
+from minivpn.runtime.trace_server import BadRequest, parse_request_untrusted
 from minivpn.wireguard.config import ConfigError, parse_config
 from minivpn.wireguard.errors import WireGuardError
 from minivpn.wireguard.events import PacketDropped
@@ -410,6 +417,94 @@ def uapi(data: bytes) -> str:
     return " ".join(dict.fromkeys(kinds))
 
 
+# tap_receive ------------------------------------------------------------------------------------
+
+
+def _tap_seeds() -> tuple[bytes, ...]:
+    """Datagrams of a real layer-2 session (an initiation, a frame); plaintexts to seal."""
+    from tests.helpers.l2net import BROADCAST, L2Net, frame, mac
+
+    net = L2Net()
+    hub = net.add("hub", ("192.0.2.1", 51820), 7)
+    spoke = net.add("spoke", ("192.0.2.2", 51820), 8)
+    net.link(hub, spoke, keepalive=25)
+    initiation = next(data for _, _, data in net.sent if data[0] == 1)
+    net.sent.clear()
+    net.frame_from_tap(spoke, frame(BROADCAST, mac(1)))
+    data = net.sent[-1][2]
+    header = len(frame(mac(2), mac(1))).to_bytes(2, "big")
+    return (
+        b"\x00" + initiation,
+        b"\x00" + data,
+        b"\x01" + header + frame(BROADCAST, mac(1)),  # plaintexts: flooded,
+        b"\x01" + header + frame(mac(9), mac(1)),  # unknown unicast,
+        b"\x01" + header + frame(mac(1), mac(1)),  # to its own source,
+        b"\x01" + header + frame(BROADCAST, BROADCAST),  # from a non-unicast source,
+        b"\x01" + b"\x45" + bytes(27),  # an IP packet (a mode mismatch),
+        b"\x01",  # a keepalive
+    )
+
+
+def tap_receive(data: bytes) -> str:
+    """A hub with two spokes takes the datagram from spoke 1: it drops (and counts) or
+    switches it, never raises; then a real frame from spoke 1 still reaches the hub's TAP and
+    spoke 2."""
+    from tests.helpers.l2net import BROADCAST, frame, hub_and_spokes, mac
+
+    net, hub, one, two = hub_and_spokes(seed=7)
+    peer = one.peer(hub)
+    keypair = peer.keypairs.current
+    assert keypair is not None
+    out = memoryview(bytearray(len(data) + 64))
+    # Spoke 1's counter moves past the seed data message's (the seeds' session is this one),
+    # which the hub has not seen: the seed is delivered, and the frame after is no replay.
+    one.core._send_data(peer, keypair, b"", out, net.now)
+    if data[:1] and data[0] & 1:  # the rest is what spoke 1 seals: a peer's own plaintext
+        datagram = bytes(out[: one.core._send_data(peer, keypair, data[1:], out, net.now)])
+    else:
+        datagram = data[1:]
+    drops_before = sum(hub.core.drops.values())
+    result = net.deliver(one.endpoint, hub.endpoint, datagram)
+    actions = [type(event).__name__ for event in hub.events]
+    if isinstance(result, Dropped):
+        assert sum(hub.core.drops.values()) == drops_before + 1, "a drop that was not counted"
+        outcome = f"dropped: {result.reason.value}"
+    else:
+        outcome = type(result).__name__
+    outcome += "".join(f" +{name}" for name in sorted(set(actions))[:3])
+    # And the hub still switches: a broadcast from spoke 1 reaches its TAP and spoke 2.
+    net.flush()
+    hub.tap.clear()
+    two.tap.clear()
+    check = frame(BROADCAST, mac(0x77), b"after" + bytes(41))
+    net.frame_from_tap(one, check)
+    assert hub.tap == [check], f"the hub stopped switching after {data.hex()}"
+    assert two.tap == [check], f"the hub stopped flooding after {data.hex()}"
+    return outcome
+
+
+# trace_request ----------------------------------------------------------------------------------
+
+
+def _trace_request_seeds() -> tuple[bytes, ...]:
+    key = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+    return (
+        b'{"peer": null, "drops_only": false}\n',
+        f'{{"peer": "{key}", "drops_only": true}}\n'.encode(),
+        b"{}\n",
+        b"[" * 2000 + b"\n",  # nested deeper than Python recurses (it stopped the interface)
+    )
+
+
+def trace_request(data: bytes) -> str:
+    try:
+        peer, drops_only = parse_request_untrusted(data)
+    except BadRequest as exc:
+        return _label(exc)
+    assert isinstance(drops_only, bool)
+    return f"request: peer {'given' if peer is not None else 'none'}, drops_only {drops_only}"
+
+
 # config -----------------------------------------------------------------------------------------
 
 
@@ -454,6 +549,8 @@ SEEDS: dict[str, Callable[[], tuple[bytes, ...]]] = {
     "offload": _cached(_offload_seeds),
     "uapi": _cached(_uapi_seeds),
     "config": _cached(_config_seeds),
+    "tap_receive": _cached(_tap_seeds),
+    "trace_request": _cached(_trace_request_seeds),
 }
 
 _RUN: dict[str, Callable[[bytes], str]] = {
@@ -467,6 +564,8 @@ _RUN: dict[str, Callable[[bytes], str]] = {
     "offload": offload,
     "uapi": uapi,
     "config": config,
+    "tap_receive": tap_receive,
+    "trace_request": trace_request,
 }
 
 TARGETS: dict[str, Target] = {

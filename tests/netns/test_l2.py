@@ -148,23 +148,25 @@ class L2Lab:
 
     def drops(self, node: str) -> dict[str, int]:
         """The drop counters *node* logs on SIGUSR1."""
-        process = self.processes[node]
-        before = process.count(r"dropped \d+")
-        process.send_signal(signal.SIGUSR1)
-        wait_until(
-            lambda: process.count(r"dropped \d+") > before, timeout=10, what="the drop counters"
-        )
-        line = re.findall(r"dropped \d+(?: \((.*)\))?", process.stderr())[-1]
-        counts = {}
-        for item in line.split(", ") if line else ():
-            reason, number = item.rsplit(" ", 1)
-            counts[reason] = int(number)
-        return counts
+        return logged_drops(self.processes[node])
 
     def stop_all(self) -> None:
         for process in self.processes.values():
             if process.running():
                 process.stop()
+
+
+def logged_drops(process: Process) -> dict[str, int]:
+    """The drop counters a ``minivpn up`` process logs on SIGUSR1."""
+    before = process.count(r"dropped \d+")
+    process.send_signal(signal.SIGUSR1)
+    wait_until(lambda: process.count(r"dropped \d+") > before, timeout=10, what="the drop counters")
+    line = re.findall(r"dropped \d+(?: \((.*)\))?", process.stderr())[-1]
+    counts = {}
+    for item in line.split(", ") if line else ():
+        reason, number = item.rsplit(" ", 1)
+        counts[reason] = int(number)
+    return counts
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +181,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[L2Lab]:
         finally:
             if built is not None:
                 built.stop_all()
+
+
+def doctor(ns: Namespace, name: str) -> subprocess.CompletedProcess[str]:
+    """``minivpn doctor NAME`` in *ns*, its report's wrapped lines joined into one."""
+    result = ns.run([*MINIVPN, "doctor", name], check=False, timeout=60)
+    assert "Traceback" not in result.stderr, result.stderr
+    result.stdout = " ".join(result.stdout.split())
+    return result
 
 
 def neighbour_mac(ns: Namespace, address: str) -> str:
@@ -276,6 +286,12 @@ def test_a_forged_source_mac_is_refused_and_counted(lab: L2Lab) -> None:
         lan1.ip("neigh", "flush", "dev", veth)
         assert ping(lan1, HUB4, count=3, interval=0.2).returncode != 0
         assert lab.drops("hub").get("disallowed_mac", 0) > before  # its ARP requests
+        report = doctor(lab.hub, lab.names["hub"])
+        assert report.returncode == 1
+        assert (
+            "frames from it were dropped: their source MAC address is not in its AllowedMACs"
+            in (report.stdout)
+        )
     finally:
         lan1.ip("link", "set", veth, "address", lab.sites[0].mac(0x11))
         lan1.ip("neigh", "flush", "dev", veth)
@@ -379,6 +395,8 @@ def test_minivpn_show_lists_the_mac_table(lab: L2Lab) -> None:
     python = [*MINIVPN, "show", name]
     text = lab.hub.run(python).stdout
     assert "  mode: tap (layer 2, a minivpn extension)\n" in text
+    storm = "  storm control: 2000 flooded frames a second per port, in bursts of up to 1000\n"
+    assert storm in text
     allowed = re.findall(r"^  allowed macs: (.*)$", text, re.M)
     assert sorted(sorted(line.split(", ")) for line in allowed) == [
         ["02:11:00:00:00:00/24", MOVER_MAC],
@@ -389,6 +407,7 @@ def test_minivpn_show_lists_the_mac_table(lab: L2Lab) -> None:
     assert re.search(r"^  02:44:00:00:00:01  this tap device  \d+ s$", text, re.M)
     shown = json.loads(lab.hub.run([*python, "--json"]).stdout)
     assert shown["mode"] == "tap"
+    assert (shown["flood_rate"], shown["flood_burst"]) == (2000, 1000)
     table = {entry["mac"]: entry for entry in shown["mac_table"]}
     assert table["02:11:00:00:00:11"]["peer"] == spoke1
     assert table["02:44:00:00:00:01"]["peer"] is None
@@ -442,6 +461,62 @@ def test_a_layer3_peer_is_refused_clearly(tmp_path: Path) -> None:
             processes[0].wait_for(r"sends IP packets, but this interface is in Mode = tap")
             assert ping(a, "10.87.0.2", count=2, interval=0.3).returncode != 0  # ARP: a frame
             processes[1].wait_for(r"sends Ethernet frames \(it is minivpn in Mode = tap\)")
+            tap_report, tun_report = doctor(a, names[0]), doctor(b, names[1])
+            assert (
+                "messages from it were dropped: they carry IP packets, but this interface is in"
+                in (tap_report.stdout)
+            )
+            assert (
+                "they carry Ethernet frames (it is minivpn in Mode = tap), but this interface"
+                in (tun_report.stdout)
+            )
+            assert (tap_report.returncode, tun_report.returncode) == (1, 1)
+        finally:
+            for process in processes:
+                process.stop()
+
+
+#: Send argv[3] copies of one Ethernet frame (hex, argv[2]) out of an interface, back to back.
+SEND_FRAMES = """
+import socket, sys
+with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+    s.bind((sys.argv[1], 0))
+    for _ in range(int(sys.argv[3])):
+        s.send(bytes.fromhex(sys.argv[2]))
+"""
+
+
+def test_a_configured_flood_rate_takes_effect(tmp_path: Path) -> None:
+    """``FloodRate = 1``, ``FloodBurst = 2``: of 50 broadcasts in a row, at most 2 are flooded,
+    the rest dropped and counted as ``flood_limited`` (the default, 2000 a second in bursts of
+    1000, would flood them all)."""
+    with Topology() as topo:
+        a, b = topo.pair()
+        keys = genkey(), genkey()
+        names = interface_name("mvl", "fa"), interface_name("mvl", "fb")
+        texts = [
+            f"[Interface]\nMode = tap\nFloodRate = 1\nFloodBurst = 2\n"
+            f"PrivateKey = {keys[0].private}\nListenPort = {PORT}\nAddress = 10.87.1.1/24\n\n"
+            f"[Peer]\nPublicKey = {keys[1].public}\nEndpoint = {b.addr4}:{PORT}\n",
+            f"[Interface]\nMode = tap\nPrivateKey = {keys[1].private}\nListenPort = {PORT}\n"
+            "Address = 10.87.1.2/24\n\n"
+            f"[Peer]\nPublicKey = {keys[0].public}\nEndpoint = {a.addr4}:{PORT}\n",
+        ]
+        processes = []
+        for ns, name, text in zip((a, b), names, texts, strict=True):
+            path = tmp_path / f"{name}.conf"
+            path.write_text(text)
+            path.chmod(0o600)
+            process = start_minivpn(ns, ["up", str(path), "--foreground"], tmp_path, name)
+            process.wait_for("data path:")
+            processes.append(process)
+        try:
+            wait_for_ping(a, "10.87.1.2", timeout=20)  # a session, and ARP's flood spent
+            before = logged_drops(processes[0]).get("flood_limited", 0)
+            broadcast = "ff" * 6 + "021100000099" + "88b5" + "00" * 46
+            a.run([MINIVPN[0], "-c", SEND_FRAMES, names[0], broadcast, "50"])
+            counted = logged_drops(processes[0]).get("flood_limited", 0) - before
+            assert counted >= 45  # (the kernel's own multicast may add a few)
         finally:
             for process in processes:
                 process.stop()

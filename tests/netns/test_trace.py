@@ -312,6 +312,29 @@ def test_a_slow_reader_loses_events_counted_and_the_tunnel_carries_on(
     assert x.running()
 
 
+@pytest.mark.parametrize(
+    ("request_line", "message"),
+    [
+        (b"[" * 3000 + b"\n", "the request is not JSON"),  # nested deeper than Python recurses
+        (b'{"drops_only": 1}\n', "drops_only must be true or false"),
+    ],
+)
+def test_a_bad_request_gets_an_error_and_the_interface_carries_on(
+    lab: Lab, request_line: bytes, message: str
+) -> None:
+    a, _, x, _ = connected(lab)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(str(SOCKET_DIR / f"{x.name}.trace"))
+        client.sendall(request_line)
+        client.settimeout(10)
+        answer = b""
+        while chunk := client.recv(4096):
+            answer += chunk
+    assert json.loads(answer) == {"event": "error", "message": message}
+    wait_for_ping(a, B4)  # still carrying
+    assert x.running()
+
+
 def test_trace_of_minivpn_up_and_its_log(topo: Topology, daemons: Daemons, tmp_path: Path) -> None:
     """``minivpn up -v`` in the background: where its log goes, what it holds, and a trace."""
     a, b = topo.pair()

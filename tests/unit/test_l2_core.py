@@ -1,7 +1,8 @@
 """Layer-2 mode end to end in memory: EthernetCores (hub and spokes) exchanging frames.
 
 Sans-IO: tests/helpers/l2net.py carries the datagrams and plays the TAP devices.  Also the
-``Mode``/``AllowedMACs`` configuration keys, and the mode mismatch against a layer-3 core.
+``Mode``/``AllowedMACs``/``FloodRate``/``FloodBurst`` configuration keys, and the mode mismatch
+against a layer-3 core.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from tests.helpers.l2net import BROADCAST, L2Net, frame, hub_and_spokes, mac
 from tests.helpers.wgnet import A_ADDRESS, B_ADDRESS, Net, ipv4_packet
 
+from minivpn.runtime.vpn import _moved
 from minivpn.wireguard.config import ConfigError, format_config, parse_config
 from minivpn.wireguard.counters import KEEPALIVE_SIZE
 from minivpn.wireguard.ethernet import FRAME_HEADER_SIZE, EthernetCore
@@ -19,7 +21,7 @@ from minivpn.wireguard.events import DropReason, MacMoved, ModeMismatch
 from minivpn.wireguard.keys import PrivateKey, PublicKey
 from minivpn.wireguard.results import DONE, Dropped, Switched, WriteToNetwork
 from minivpn.wireguard.switch import MacPrefix
-from minivpn.wireguard.uapi import format_get_response
+from minivpn.wireguard.uapi import format_get_response, parse_get_response
 
 HOST1, HOST2, HUBHOST = mac(1), mac(2), mac(3)
 
@@ -95,6 +97,24 @@ def test_a_mac_move_between_spokes_is_reported() -> None:
     assert hub.core.switch.lookup(HOST1, net.now) is hub.peer(two)
     net.frame_from_tap(hub, frame(HOST1, HUBHOST))
     assert two.tap[-1] == frame(HOST1, HUBHOST)
+
+
+def test_moves_not_reported_are_counted_in_the_next_reported_move_and_its_log_line() -> None:
+    net, hub, one, two = hub_and_spokes()
+    for n in range(6):  # HOST1 flaps: 1 -> 2 reported, then four moves within 10 s are not
+        net.frame_from_tap(two if n % 2 else one, frame(BROADCAST, HOST1))
+    net.advance(11.0)
+    net.frame_from_tap(one, frame(BROADCAST, HOST2))
+    net.frame_from_tap(two, frame(BROADCAST, HOST2))  # another address moves: reported
+    moves = [e for e in hub.events if isinstance(e, MacMoved)]
+    assert moves == [
+        MacMoved(HOST1, one.public_key, two.public_key, 0),
+        MacMoved(HOST2, one.public_key, two.public_key, 4),
+    ]
+    line = _moved(moves[1])
+    assert line.startswith(f"MAC {HOST2.hex(':')} moved from peer ")
+    assert line.endswith(" (4 more moves not logged since the last such line)")
+    assert "not logged" not in _moved(moves[0])
 
 
 def test_storm_control_drops_and_counts_floods_beyond_the_limit_on_both_ways() -> None:
@@ -294,3 +314,65 @@ def test_from_config_applies_allowed_macs_and_the_tap_mtu() -> None:
     response = format_get_response(core.snapshot_at(0.0)).decode()
     assert "minivpn_mode=tap\n" in response
     assert "minivpn_allowed_mac=02:00:00:00:00:01\n" in response
+
+
+@pytest.mark.parametrize(
+    ("lines", "rate", "burst"),
+    [
+        ("", 2000.0, 1000.0),  # the defaults
+        ("FloodRate = 50\nFloodBurst = 5\n", 50.0, 5.0),
+        ("floodrate = OFF\n", None, 1000.0),
+        ("FloodBurst = 10\n", 2000.0, 10.0),
+    ],
+)
+def test_flood_rate_and_burst_from_the_config_set_storm_control(
+    lines: str, rate: float | None, burst: float
+) -> None:
+    text = f"[Interface]\nPrivateKey = {KEY}\nMode = tap\n{lines}"
+    config = parse_config(text, "l2.conf")
+    assert parse_config(format_config(config), "again.conf") == config
+    core = EthernetCore.from_config(config, now=0.0)
+    assert (core.switch.flood_rate, core.switch.flood_burst) == (rate, burst)
+    # minivpn show gets it over the UAPI (keys wg skips), 0 for off
+    response = format_get_response(core.snapshot_at(0.0))
+    expected = f"minivpn_flood_rate={round(rate or 0)}\nminivpn_flood_burst={round(burst)}\n"
+    assert expected in response.decode()
+    parsed = parse_get_response(response)
+    assert (parsed.flood_rate, parsed.flood_burst) == (round(rate or 0), round(burst))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[Interface]\nMode = tap\nFloodRate = fast\n",
+            "l2.conf:3: FloodRate must be off or a number of frames a second from 1 to 1000000, "
+            "got 'fast'",
+        ),
+        ("[Interface]\nMode = tap\nFloodRate = 0\n", "l2.conf:3: FloodRate must be off"),
+        ("[Interface]\nMode = tap\nFloodRate = 1000001\n", "l2.conf:3: FloodRate must be off"),
+        ("[Interface]\nMode = tap\nFloodBurst = 0\n", "l2.conf:3: FloodBurst must be a number"),
+        ("[Interface]\nMode = tap\nFloodBurst = -1\n", "l2.conf:3: FloodBurst must be a number"),
+        (
+            "[Interface]\nFloodRate = 100\n",
+            "l2.conf:2: FloodRate needs 'Mode = tap' in [Interface]: it sets the storm control",
+        ),
+        (
+            "[Interface]\nFloodBurst = 100\nMode = tun\n",
+            "l2.conf:2: FloodBurst needs 'Mode = tap'",
+        ),
+        (
+            "[Interface]\nMode = tap\nFloodRate = off\nFloodBurst = 10\n",
+            "l2.conf:4: FloodBurst has no meaning with 'FloodRate = off' (line 3)",
+        ),
+        (
+            "[Interface]\nMode = tap\nFloodRate = 5\nFloodRate = 6\n",
+            "l2.conf:4: duplicate 'FloodRate' in [Interface] (first given on line 3)",
+        ),
+        ("[Peer]\nFloodRate = 5\n", "l2.conf:2: key 'FloodRate' belongs in [Interface]"),
+    ],
+)
+def test_storm_control_config_errors_name_file_and_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "l2.conf")
+    assert str(info.value).startswith(message)

@@ -96,7 +96,13 @@ def test_a_flapping_address_is_reported_once_per_interval_and_counted() -> None:
     switch.forward(mac(2), BROADCAST, A, 5.0)  # another address is reported at once
     switch.forward(mac(2), BROADCAST, B, 5.0)
     switch.forward(mac(1), BROADCAST, B, 10.05)  # 10 s after the last report: reported
-    assert switch.moves[1:] == [MacMove(mac(2), A, B), MacMove(mac(1), A, B)]
+    # The first report after the 99 that were not says so; the one after it has none to tell.
+    assert switch.moves[1:] == [MacMove(mac(2), A, B, 99), MacMove(mac(1), A, B, 0)]
+    switch.forward(mac(1), BROADCAST, A, 11.0)  # flapping again: counted...
+    switch.forward(mac(1), BROADCAST, B, 12.0)
+    switch.forward(mac(2), BROADCAST, A, 16.0)  # ...and told with the next report
+    assert switch.moves[3:] == [MacMove(mac(2), B, A, 2)]
+    assert switch.unreported_moves == 101
 
 
 def test_an_aged_out_address_seen_elsewhere_is_not_a_move() -> None:
@@ -280,6 +286,7 @@ def test_the_switch_against_a_model(
     moves: list[MacMove[str]] = []
     reported: dict[bytes, float] = {}  # when a move of an address in the table was reported
     unreported = 0
+    not_yet_told = 0  # unreported moves since the last reported one
     now = 0.0
     for source_n, destination_n, port, step in traffic:
         now += step
@@ -303,10 +310,12 @@ def test_the_switch_against_a_model(
             add(port, source)
         elif known[0] != port:
             if now - known[1] <= aging and now - reported.get(source, -1e9) >= 10.0:
-                moves.append(MacMove(source, known[0], port))
+                moves.append(MacMove(source, known[0], port, not_yet_told))
                 reported[source] = now
+                not_yet_told = 0
             elif now - known[1] <= aging:
                 unreported += 1
+                not_yet_told += 1
             remove(known[0], source)
             add(port, source)
         table[source] = (port, now)

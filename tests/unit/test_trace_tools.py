@@ -31,7 +31,13 @@ from minivpn.cli.main import build_parser
 from minivpn.doctor import Facts, diagnose
 from minivpn.logs import configure_logging, events_level
 from minivpn.netconf import LinkState
-from minivpn.runtime.trace_server import LogConsumer, SocketConsumer, _Batch
+from minivpn.runtime.trace_server import (
+    BadRequest,
+    LogConsumer,
+    SocketConsumer,
+    _Batch,
+    parse_request_untrusted,
+)
 from minivpn.trace_lines import DROP_EXPLANATIONS, format_event, short_key, summarize_head
 from minivpn.wireguard.events import DropReason
 from minivpn.wireguard.keys import PrivateKey, PublicKey
@@ -422,6 +428,41 @@ def test_doctor_device_problems() -> None:
 def test_doctor_disallowed_source() -> None:
     [text] = findings(healthy(drops={"disallowed_source": 7}))
     assert "7 packets from it were dropped: their source address is not in its allowed" in text
+
+
+def test_doctor_disallowed_mac() -> None:
+    [text] = findings(healthy(drops={"disallowed_mac": 5}), mode="tap")
+    assert "5 frames from it were dropped: their source MAC address is not in its AllowedMACs" in (
+        text
+    )
+    assert "add the MAC addresses of the hosts behind it" in text
+
+
+def test_doctor_mode_mismatch_names_both_modes_and_comes_first() -> None:
+    # A tun interface hearing frames: the peer is in Mode = tap.  Its data counts as received,
+    # and nothing else is wrong, but the mismatch comes first among a peer's findings.
+    counters = {"initiations_sent": 1, "rx_data_bytes": 0, "tx_data_bytes": 840}
+    mismatched = peer(
+        last_handshake_time_sec=int(NOW) - 5, counters=counters, drops={"mode_mismatch": 3}
+    )
+    tun = findings(mismatched)
+    assert len(tun) == 2
+    assert (
+        "3 messages from it were dropped: they carry Ethernet frames (it is minivpn in " in (tun[0])
+    )
+    assert "remove Mode = tap from its [Interface], or put Mode = tap in ours" in tun[0]
+    assert "no data came back" in tun[1]
+    [tap] = findings(healthy(drops={"mode_mismatch": 2}), mode="tap")
+    assert "2 messages from it were dropped: they carry IP packets, but this interface is in " in (
+        tap
+    )
+    assert "Mode = tap in its [Interface] too" in tap
+
+
+def test_a_trace_request_nested_deeper_than_python_recurses_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest, match="the request is not JSON"):
+        parse_request_untrusted(b"[" * 3000 + b"\n")
+    assert parse_request_untrusted(b'{"drops_only": true}\n') == (None, True)
 
 
 # --- UAPI keys ------------------------------------------------------------------------------------

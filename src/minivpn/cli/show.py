@@ -282,6 +282,8 @@ def format_device(name: str, snapshot: DeviceSnapshot, now: int, *, color: bool 
     tap = snapshot.mode == "tap"
     if tap:
         field("mode", "tap (layer 2, a minivpn extension)")
+        if snapshot.flood_rate is not None:
+            field("storm control", _storm_control(snapshot.flood_rate, snapshot.flood_burst))
     if snapshot.drops:
         field("drops", format_drops(snapshot.drops))
     for peer in _sorted_peers(snapshot):
@@ -375,6 +377,13 @@ def format_field(snapshot: DeviceSnapshot, field: str, name: str | None = None) 
             line += f"\t{peer.persistent_keepalive_interval or 'off'}"
         lines.append(line + "\n")  # "peers": the key alone
     return "".join(lines)
+
+
+def _storm_control(rate: int, burst: int | None) -> str:
+    """The switch's storm control, as the config's FloodRate and FloodBurst set it."""
+    if not rate:
+        return "off (FloodRate = off)"
+    return f"{rate} flooded frames a second per port, in bursts of up to {burst}"
 
 
 def _sorted_peers(snapshot: DeviceSnapshot) -> list[PeerSnapshot]:
@@ -489,6 +498,9 @@ def device_json(name: str, snapshot: DeviceSnapshot) -> dict[str, Any]:
     }
     if snapshot.mode == "tap":  # minivpn's layer-2 extension (docs/l2.md)
         shown["mode"] = "tap"
+        if snapshot.flood_rate is not None:  # 0: storm control off
+            shown["flood_rate"] = snapshot.flood_rate
+            shown["flood_burst"] = snapshot.flood_burst
         for peer_json, peer in zip(shown["peers"], _sorted_peers(snapshot), strict=True):
             peer_json["allowed_macs"] = list(peer.allowed_macs)
         shown["mac_table"] = [

@@ -69,6 +69,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TRACE_CPU_BUDGET",
     "TRACE_SUFFIX",
+    "BadRequest",
     "LogConsumer",
     "TraceHub",
     "TraceSocket",
@@ -468,7 +469,7 @@ async def _serve_client(stream: trio.SocketStream, hub: TraceHub) -> None:
     async with stream:
         try:
             consumer = await _read_request(stream)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             await _send_quietly(stream, {"event": "error", "message": str(exc)})
             return
         except trio.BrokenResourceError:
@@ -512,8 +513,8 @@ async def _send_events(stream: trio.SocketStream, hub: TraceHub, consumer: Socke
             await stream.send_all(await consumer.next_chunk())
 
 
-class _BadRequest(Exception):
-    pass
+class BadRequest(Exception):
+    """A trace client's request that makes no sense (the message says why)."""
 
 
 async def _read_request(stream: trio.SocketStream) -> SocketConsumer:
@@ -527,28 +528,42 @@ async def _read_request(stream: trio.SocketStream) -> SocketConsumer:
             if not chunk:
                 break
             data += chunk
+    peer, drops_only = parse_request_untrusted(data)
+    return SocketConsumer(peer, drops_only)
+
+
+def parse_request_untrusted(data: bytes) -> tuple[PublicKey | None, bool]:
+    """What a trace client asks for: ``(peer, drops_only)``, from the bytes it sent.
+
+    Args:
+        data: what the client sent (anything): its first line must be the request, a JSON
+            object such as ``{"peer": "<base64 key>", "drops_only": true}``.
+
+    Raises:
+        BadRequest: it is not (the only exception, whatever ``data`` holds).
+    """
     line = data.partition(b"\n")[0]
     if b"\n" not in data:
-        raise _BadRequest("expected one line of JSON: the request")
+        raise BadRequest("expected one line of JSON: the request")
     try:
         request = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        raise _BadRequest("the request is not JSON") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):  # [[[...: deeper than Python goes
+        raise BadRequest("the request is not JSON") from None
     if not isinstance(request, dict):
-        raise _BadRequest("the request must be a JSON object")
+        raise BadRequest("the request must be a JSON object")
     peer_text = request.get("peer")
     drops_only = request.get("drops_only", False)
     if not isinstance(drops_only, bool):
-        raise _BadRequest("drops_only must be true or false")
+        raise BadRequest("drops_only must be true or false")
     peer = None
     if peer_text is not None:
         if not isinstance(peer_text, str):
-            raise _BadRequest("peer must be a public key in base64")
+            raise BadRequest("peer must be a public key in base64")
         try:
             peer = PublicKey.from_base64(peer_text)
         except InvalidKey as exc:
-            raise _BadRequest(f"peer: {exc}") from None
-    return SocketConsumer(peer, drops_only)
+            raise BadRequest(f"peer: {exc}") from None
+    return peer, drops_only
 
 
 async def _send_quietly(stream: trio.SocketStream, message: dict[str, Any]) -> None:

@@ -251,8 +251,7 @@ class _Runtime:
             elif isinstance(action, ListenPortChanged | FwmarkChanged):
                 rebind = True  # `wg setconf` sends both: rebind once, after the batch
             elif isinstance(action, MacMoved):
-                mac = action.mac.hex(":")
-                log.info("MAC %s moved from %s to %s", mac, _port(action.old), _port(action.new))
+                log.info("%s", _moved(action))
             elif isinstance(action, ModeMismatch) and action.public_key not in self.mismatched:
                 self.mismatched.add(action.public_key)
                 log.warning("%s", _mismatch(action))
@@ -424,6 +423,14 @@ def _short(key: PublicKey) -> str:
 def _port(key: PublicKey | None) -> str:
     """A port of the layer-2 switch, for the log: a peer, or the TAP device (None)."""
     return "this TAP device" if key is None else f"peer {_short(key)}"
+
+
+def _moved(event: MacMoved) -> str:
+    """The log line of a MAC move, with the moves not logged before it (a flapping address)."""
+    line = f"MAC {event.mac.hex(':')} moved from {_port(event.old)} to {_port(event.new)}"
+    if event.unreported:
+        line += f" ({event.unreported} more moves not logged since the last such line)"
+    return line
 
 
 def _mismatch(event: ModeMismatch) -> str:

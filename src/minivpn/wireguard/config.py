@@ -26,12 +26,14 @@ Two programs read these files, and this module follows both:
   entry that is not an IP address is a search domain.  The hook commands are shell code, so for
   them ``#`` is *not* a comment: the value is the rest of the raw line (as wg-quick does).
 
-And minivpn adds two keys of its own for layer-2 mode (docs/l2.md), which neither ``wg`` nor
+And minivpn adds keys of its own for layer-2 mode (docs/l2.md), which neither ``wg`` nor
 ``wg-quick`` knows (both refuse such a file: an L3 tool cannot run it by mistake):
 ``Mode = tun | tap`` in ``[Interface]`` (``tun``, WireGuard, by default), and ``AllowedMACs``
 in ``[Peer]``, a list of MAC addresses or prefixes (``52:54:00:00:00:00/24``), only in
 ``Mode = tap``, where ``AllowedIPs`` has no meaning (frames are switched by MAC address) and is
-refused.
+refused.  The switch's storm control is set in ``[Interface]``, also only in ``Mode = tap``:
+``FloodRate`` (flooded frames a second each port may send, 2000 by default, or ``off``) and
+``FloodBurst`` (how many at once above the rate, 1000 by default).
 
 The parser is stricter than ``wg`` in a few places where ``wg`` silently does something
 surprising: a single-valued key given twice is an error (``wg`` keeps the last one), an IPv6
@@ -224,6 +226,10 @@ class InterfaceConfig:
         save_config: wg-quick ``SaveConfig``.
         mode: minivpn ``Mode``: ``"tun"`` (IP packets, WireGuard) or ``"tap"`` (Ethernet
             frames, minivpn's layer-2 extension).
+        flood_rate: minivpn ``FloodRate`` (``Mode = tap``): flooded frames a second each port
+            of the switch may send; 0: ``off``, no storm control.
+        flood_burst: minivpn ``FloodBurst`` (``Mode = tap``): flooded frames a port may send
+            at once above the rate.
     """
 
     private_key: PrivateKey | None = None
@@ -240,6 +246,8 @@ class InterfaceConfig:
     post_down: tuple[str, ...] = ()
     save_config: bool = False
     mode: str = "tun"
+    flood_rate: int | None = None
+    flood_burst: int | None = None
 
 
 @attrs.frozen
@@ -306,6 +314,8 @@ _KEYS: dict[str, tuple[str, str]] = {
                 "PostDown",
                 "SaveConfig",
                 "Mode",
+                "FloodRate",
+                "FloodBurst",
             ),
         ),
         (
@@ -346,6 +356,8 @@ _WG_KEYS = frozenset(
 _SPACE = re.compile(r"[ \t\n\v\f\r]+")
 _LIST_SEPARATOR = re.compile(r"[ \t\n\v\f\r,]+")
 _TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+#: The largest FloodRate and FloodBurst: a million frames, far above any link's broadcasts.
+_MAX_FLOOD = 1_000_000
 
 
 @attrs.define
@@ -383,6 +395,7 @@ class _Parser:
         self.public_keys: dict[PublicKey, int] = {}  # -> line of its [Peer]
         self.warnings: list[str] = []
         self.mode_line: int | None = None
+        self.tap_only_lines: dict[str, int] = {}  # FloodRate, FloodBurst -> their line
 
     def error(self, lineno: int | None, message: str) -> ConfigError:
         return ConfigError(message, self.filename, lineno)
@@ -511,6 +524,20 @@ class _Parser:
                 )
             self.interface["mode"] = value.lower()
             self.mode_line = lineno
+        elif key == "FloodRate":
+            if value.lower() == "off":
+                self.interface["flood_rate"] = 0
+            elif not value.isdigit() or not 1 <= int(value) <= _MAX_FLOOD:
+                raise ConfigError(
+                    f"FloodRate must be off or a number of frames a second from 1 to "
+                    f"{_MAX_FLOOD}, got {_show(value)}"
+                )
+            else:
+                self.interface["flood_rate"] = int(value)
+            self.tap_only_lines[key] = lineno
+        elif key == "FloodBurst":
+            self.interface["flood_burst"] = _parse_uint(value, _MAX_FLOOD, key, minimum=1)
+            self.tap_only_lines[key] = lineno
 
     def peer_value(self, lineno: int, key: str, value: str) -> None:
         peer = self.peers[-1]
@@ -574,8 +601,21 @@ class _Parser:
         return Config(interface, peers, tuple(self.warnings))
 
     def check_mode(self) -> None:
-        """AllowedIPs belong to ``Mode = tun``, AllowedMACs to ``Mode = tap``."""
+        """AllowedIPs belong to ``Mode = tun``; AllowedMACs and storm control to ``Mode = tap``."""
         tap = self.interface.get("mode") == "tap"
+        for key, lineno in self.tap_only_lines.items():
+            if not tap:
+                raise self.error(
+                    lineno,
+                    f"{key} needs 'Mode = tap' in [Interface]: it sets the storm control of "
+                    "the layer-2 switch (a minivpn extension); a tun interface floods nothing",
+                )
+        if self.interface.get("flood_rate") == 0 and "FloodBurst" in self.tap_only_lines:
+            raise self.error(
+                self.tap_only_lines["FloodBurst"],
+                f"FloodBurst has no meaning with 'FloodRate = off' (line "
+                f"{self.tap_only_lines['FloodRate']}): remove one of them",
+            )
         for draft in self.peers:
             if tap and draft.first_allowed_ips is not None:
                 raise self.error(
@@ -755,6 +795,10 @@ def format_config(config: Config) -> str:
     lines = ["[Interface]"]
     if interface.mode != "tun":
         lines.append(f"Mode = {interface.mode}")
+    if interface.flood_rate is not None:
+        lines.append(f"FloodRate = {interface.flood_rate or 'off'}")
+    if interface.flood_burst is not None:
+        lines.append(f"FloodBurst = {interface.flood_burst}")
     lines += [f"Address = {address}" for address in interface.addresses]
     dns = [str(server) for server in interface.dns] + list(interface.dns_search)
     if dns:

@@ -54,11 +54,10 @@ from typing import TYPE_CHECKING, Final, TypeAlias
 
 import attrs
 
-from minivpn.wireguard.constants import DEFAULT_MTU, PADDING_MULTIPLE, REJECT_AFTER_MESSAGES
+from minivpn.wireguard.constants import DEFAULT_MTU, PADDING_MULTIPLE
 from minivpn.wireguard.core import WireGuardCore
-from minivpn.wireguard.errors import DecryptionError
 from minivpn.wireguard.events import DropReason, MacMoved, ModeMismatch, SendDatagram
-from minivpn.wireguard.messages import TRANSPORT_HEADER_SIZE, MessageType
+from minivpn.wireguard.messages import MessageType
 from minivpn.wireguard.peer import Peer
 from minivpn.wireguard.results import (
     DONE,
@@ -69,12 +68,12 @@ from minivpn.wireguard.results import (
     Switched,
     WriteFrame,
     WriteToNetwork,
-    WriteToTunnel,
 )
 from minivpn.wireguard.send import TRANSPORT_OVERHEAD
 from minivpn.wireguard.switch import (
     DEFAULT_AGING,
     DEFAULT_CAPACITY,
+    DEFAULT_FLOOD_BURST,
     DEFAULT_FLOOD_RATE,
     LearningSwitch,
     MacEntry,
@@ -118,8 +117,6 @@ TAP_OVERHEAD = ETHERNET_HEADER_SIZE + FRAME_HEADER_SIZE
 _FRAME_HEADER = struct.Struct("!H")
 #: Destination and source MAC addresses, right after the frame header.
 _ADDRESSES = struct.Struct("!2x6s6s")
-#: type (4), receiver index, counter: the header of a data message (little-endian).
-_TRANSPORT_HEADER = struct.Struct("<IIQ")
 _TRANSPORT_DATA = int(MessageType.TRANSPORT_DATA)
 #: IP versions, as the first nibble of a plaintext shows them.
 _IP_VERSIONS = (4, 6)
@@ -148,6 +145,7 @@ class EthernetCore(WireGuardCore):
         mac_table_size: the most MAC addresses the switch remembers.
         flood_rate: flooded frames a second each port (a peer, the TAP device) may send, or
             None: no limit (the switch's storm control).
+        flood_burst: flooded frames a port may send at once above the rate.
 
     One frame each way, as :mod:`minivpn.runtime.frames` does it::
 
@@ -178,6 +176,7 @@ class EthernetCore(WireGuardCore):
         mac_aging: float = DEFAULT_AGING,
         mac_table_size: int = DEFAULT_CAPACITY,
         flood_rate: float | None = DEFAULT_FLOOD_RATE,
+        flood_burst: float = DEFAULT_FLOOD_BURST,
     ) -> None:
         super().__init__(
             private_key,
@@ -189,7 +188,9 @@ class EthernetCore(WireGuardCore):
             wall_clock=wall_clock,
             report_drops=report_drops,
         )
-        self.switch: LearningSwitch[Port] = LearningSwitch(mac_aging, mac_table_size, flood_rate)
+        self.switch: LearningSwitch[Port] = LearningSwitch(
+            mac_aging, mac_table_size, flood_rate, flood_burst
+        )
 
     @classmethod
     def from_config(
@@ -207,7 +208,8 @@ class EthernetCore(WireGuardCore):
         """Build a device from a ``Mode = tap`` configuration: its peers and their AllowedMACs.
 
         The arguments are :meth:`WireGuardCore.from_config`'s; without ``mtu`` or the
-        config's ``MTU``, the TAP device's default MTU (1404).
+        config's ``MTU``, the TAP device's default MTU (1404).  The config's ``FloodRate``
+        and ``FloodBurst``, where given, set the switch's storm control.
         """
         if mtu is None and config.interface.mtu is None:
             mtu = DEFAULT_MTU - TAP_OVERHEAD
@@ -222,6 +224,11 @@ class EthernetCore(WireGuardCore):
             report_drops=report_drops,
         )
         assert isinstance(core, EthernetCore)
+        interface = config.interface
+        if interface.flood_rate is not None:  # 0: FloodRate = off
+            core.switch.flood_rate = float(interface.flood_rate) if interface.flood_rate else None
+        if interface.flood_burst is not None:
+            core.switch.flood_burst = float(interface.flood_burst)
         for peer_config in config.peers:
             if peer_config.allowed_macs and peer_config.public_key in core.peers:
                 core.set_allowed_macs(peer_config.public_key, peer_config.allowed_macs)
@@ -332,10 +339,10 @@ class EthernetCore(WireGuardCore):
         """Process one UDP datagram from ``source``: a data message carrying a frame is
         switched; anything else is :meth:`decapsulate`'s (handshakes, cookies).
 
-        The steps of a data message are those of
-        :meth:`~minivpn.wireguard.receive.ReceivePath.decapsulate`, in the same order and by the
-        same calls; only the last one differs: :meth:`_switch_frame` instead of the inner IP
-        packet's check.
+        A data message takes the steps of
+        :meth:`~minivpn.wireguard.receive.ReceivePath.decapsulate`, by the same method
+        (``_receive_data_message``); only the last one differs, which that method is given:
+        :meth:`_switch_frame` instead of the inner IP packet's check.
 
         Args:
             source: the sender's ``(ip, port)``.
@@ -356,33 +363,8 @@ class EthernetCore(WireGuardCore):
             :class:`Dropped`: why not (also counted in :attr:`drops`).
         """
         if len(datagram) < TRANSPORT_OVERHEAD or datagram[0] != _TRANSPORT_DATA:
-            result = self._receive_handshake_message(source, datagram, out, now)
-            assert not isinstance(result, WriteToTunnel)  # handshake messages carry no packet
-            return result
-        # A data message: decrypt it, check it -- ReceivePath.decapsulate's steps.
-        word, receiver, counter = _TRANSPORT_HEADER.unpack_from(datagram)
-        if word != _TRANSPORT_DATA:
-            return self._drop(DropReason.MALFORMED)
-        keypair = self._index.keypairs.get(receiver)
-        if keypair is None:
-            return self._drop(DropReason.UNKNOWN_INDEX)
-        peer = keypair.peer
-        if now >= keypair.reject_at:
-            return self._drop(DropReason.KEYPAIR_EXPIRED, peer)
-        plain_size = len(datagram) - TRANSPORT_OVERHEAD
-        try:
-            keypair.receiver.open_into(counter, datagram[TRANSPORT_HEADER_SIZE:], out[:plain_size])
-        except DecryptionError:
-            return self._drop(DropReason.DECRYPTION_FAILED, peer)
-        if not keypair.replay.check_and_update(counter, REJECT_AFTER_MESSAGES):
-            return self._drop(DropReason.REPLAYED_COUNTER, peer)
-        if keypair is peer.keypairs.next:
-            self._confirm_next_keypair(peer, keypair, source, now)
-        self._data_received(peer, len(datagram), plain_size, source, now)
-        if plain_size == 0:
-            peer.counters.keepalives_received += 1
-            return DONE  # a keepalive
-        return self._switch_frame(peer, out, plain_size, now)
+            return self._receive_handshake_message(source, datagram, out, now)
+        return self._receive_data_message(source, datagram, out, now, self._switch_frame)
 
     def _switch_frame(self, peer: Peer, out: memoryview, size: int, now: float) -> FrameReceived:
         """Check the decrypted frame, learn its source, and send it where the switch says.
@@ -392,6 +374,7 @@ class EthernetCore(WireGuardCore):
             out: holds the frame header, the frame and the padding at ``out[:size]``; what
                 goes on to other peers is written after it.
             size: the decrypted length.
+            now: the current monotonic time (the switch ages its table by it).
         """
         (length,) = _FRAME_HEADER.unpack_from(out)
         if length > MAX_FRAME_SIZE:  # the top bits are not zero: not a frame header
@@ -433,7 +416,9 @@ class EthernetCore(WireGuardCore):
         moves = self.switch.moves
         if moves:
             for move in moves:
-                self._actions.append(MacMoved(move.mac, _key(move.old), _key(move.new)))
+                self._actions.append(
+                    MacMoved(move.mac, _key(move.old), _key(move.new), move.unreported)
+                )
             moves.clear()
         return super().take_actions()
 
@@ -443,7 +428,8 @@ class EthernetCore(WireGuardCore):
         return list(self.switch.entries(now))
 
     def snapshot_at(self, now: float) -> DeviceSnapshot:
-        """:meth:`snapshot`, with the mode, the MAC table and each peer's AllowedMACs."""
+        """:meth:`snapshot`, with the mode, the storm control, the MAC table and each peer's
+        AllowedMACs."""
         snapshot = self.snapshot()
         table = tuple(
             MacTableEntry(format_mac(entry.mac), _key(entry.port), int(entry.age))
@@ -454,7 +440,15 @@ class EthernetCore(WireGuardCore):
             allowed = self.switch.allowed_macs(self._peers[peer_snapshot.public_key])
             listed = tuple(str(prefix) for prefix in allowed) if allowed is not None else ()
             peers.append(attrs.evolve(peer_snapshot, allowed_macs=listed))
-        return attrs.evolve(snapshot, mode="tap", mac_table=table, peers=peers)
+        rate, burst = self.switch.flood_rate, self.switch.flood_burst
+        return attrs.evolve(
+            snapshot,
+            mode="tap",
+            mac_table=table,
+            peers=peers,
+            flood_rate=round(rate) if rate is not None else 0,
+            flood_burst=round(burst),
+        )
 
 
 def _key(port: Port) -> PublicKey | None:

@@ -230,11 +230,14 @@ class MacMoved:
         mac: the address (6 bytes).
         old: the peer it was behind, or None for this interface's own TAP device.
         new: the peer it is behind now, or None for the TAP device.
+        unreported: moves (of any address) the switch did not report since the one reported
+            before this (a flapping address is reported once per 10 s): the log says how many.
     """
 
     mac: bytes
     old: PublicKey | None
     new: PublicKey | None
+    unreported: int = 0
 
 
 @attrs.frozen

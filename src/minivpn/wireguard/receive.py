@@ -3,12 +3,15 @@
 The functions in this file occur in the order datagrams are processed (as in wireguard-go's
 ``device/receive.go``):
 
-1. :meth:`ReceivePath.decapsulate` looks at the message type, and takes a *data message*
-   itself: find the keypair by the receiver index, check its age, decrypt, *then* check the
-   counter against the replay window, promote a responder's ``next`` keypair on its first use
-   (:meth:`ReceivePath._confirm_next_keypair`), follow the sender's address and tell the timers
-   (:meth:`ReceivePath._data_received`), and check the inner packet's source against the peer's
-   allowed IPs (:meth:`ReceivePath._check_inner_packet`);
+1. :meth:`ReceivePath.decapsulate` looks at the message type; a *data message* goes on to
+   :meth:`ReceivePath._receive_data_message`: find the keypair by the receiver index, check its
+   age, decrypt, *then* check the counter against the replay window, promote a responder's
+   ``next`` keypair on its first use (:meth:`ReceivePath._confirm_next_keypair`), follow the
+   sender's address and tell the timers, and deliver what the message carries: here, check
+   the inner packet's source against the peer's allowed IPs
+   (:meth:`ReceivePath._check_inner_packet`).  Layer 2 (``Mode = tap``,
+   :meth:`~minivpn.wireguard.ethernet.EthernetCore.decapsulate_frame`) takes the same steps
+   and delivers differently: it switches the frame inside;
 2. a *handshake message* goes on to :meth:`ReceivePath._receive_handshake_message`: mac1,
    always; under load, mac2 or a cookie reply, and a rate limit per source; then the initiation
    (:meth:`ReceivePath._consume_initiation`, answered with a response), the response
@@ -22,7 +25,7 @@ Everything here parses bytes an attacker chose: nothing raises, every refusal is
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from minivpn.wireguard.constants import REJECT_AFTER_MESSAGES
 from minivpn.wireguard.cookie import cookie_source
@@ -51,10 +54,19 @@ from minivpn.wireguard.noise import (
     consume_response_untrusted,
     create_response,
 )
-from minivpn.wireguard.results import DONE, Decapsulated, WriteToNetwork, WriteToTunnel
+from minivpn.wireguard.results import (
+    DONE,
+    Decapsulated,
+    Done,
+    Dropped,
+    WriteToNetwork,
+    WriteToTunnel,
+)
 from minivpn.wireguard.send import TRANSPORT_OVERHEAD, SendPath
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from minivpn.wireguard.device import Buffer
     from minivpn.wireguard.events import Endpoint
     from minivpn.wireguard.keypair import Keypair
@@ -75,6 +87,10 @@ _IPV4_LENGTH_SOURCE = struct.Struct("!2xH8x4s")
 _IPV6_LENGTH_SOURCE = struct.Struct("!4xH2x16s")
 _IPV4_HEADER_SIZE = 20
 _IPV6_HEADER_SIZE = 40
+
+#: What the last step of a data message makes of its plaintext: for layer 3,
+#: ``WriteToTunnel | Dropped``; for layer 2, ``FrameReceived``.
+Delivered = TypeVar("Delivered")
 
 
 class ReceivePath(SendPath):
@@ -106,7 +122,23 @@ class ReceivePath(SendPath):
             return self.packet_tracer.decapsulate(self, source, datagram, out, now)
         if len(datagram) < TRANSPORT_OVERHEAD or datagram[0] != _TRANSPORT_DATA:
             return self._receive_handshake_message(source, datagram, out, now)
-        # A data message: decrypt it, check it, and hand over the packet inside.
+        return self._receive_data_message(source, datagram, out, now, self._check_inner_packet)
+
+    def _receive_data_message(
+        self,
+        source: Endpoint,
+        datagram: Buffer,
+        out: memoryview,
+        now: float,
+        deliver: Callable[[Peer, memoryview, int, float], Delivered],
+    ) -> Delivered | Done | Dropped:
+        """A data message: decrypt it, check it, and hand what it carries to ``deliver``.
+
+        ``deliver(peer, out, size, now)`` is the one step in which the two modes differ: layer 3
+        checks the IP packet (:meth:`_check_inner_packet`), layer 2 switches the Ethernet frame
+        (:meth:`~minivpn.wireguard.ethernet.EthernetCore._switch_frame`).  ``out[:size]`` holds
+        the plaintext, padding included, of an authenticated message from ``peer``.
+        """
         word, receiver, counter = _TRANSPORT_HEADER.unpack_from(datagram)
         if word != _TRANSPORT_DATA:  # the three bytes after the type must be zero
             return self._drop(DropReason.MALFORMED)
@@ -126,11 +158,26 @@ class ReceivePath(SendPath):
             return self._drop(DropReason.REPLAYED_COUNTER, peer)
         if keypair is peer.keypairs.next:
             self._confirm_next_keypair(peer, keypair, source, now)
-        self._data_received(peer, len(datagram), plain_size, source, now)
+        # The bookkeeping of an authenticated message, in wireguard-go's order.
+        peer.endpoint = source  # roaming: follow the source of the last authenticated datagram
+        timers = peer.timers
+        current = peer.keypairs.current
+        if (
+            current is not None
+            and now > current.rekey_on_receive_at
+            and not timers.sent_last_minute_handshake
+        ):  # keepKeyFreshReceiving: an initiator whose keys are about to expire rekeys, once
+            timers.sent_last_minute_handshake = True
+            self._send_handshake_initiation(peer, now, is_retry=False)
+        if peer.persistent_keepalive_interval:  # only then is there a keepalive to push back
+            timers.any_authenticated_packet_traversal(now, peer.persistent_keepalive_interval)
+        timers.any_authenticated_packet_received()
+        peer.rx_bytes += len(datagram)
         if plain_size == 0:
             peer.counters.keepalives_received += 1
             return DONE  # a keepalive: it did its job by arriving
-        return self._check_inner_packet(peer, out, plain_size)
+        timers.data_received(now)
+        return deliver(peer, out, plain_size, now)
 
     def _confirm_next_keypair(
         self, peer: Peer, keypair: Keypair, source: Endpoint, now: float
@@ -144,35 +191,16 @@ class ReceivePath(SendPath):
         self._handshake_complete(peer, initiator=False)
         self._send_staged_packets(peer, now)
 
-    def _data_received(
-        self, peer: Peer, size: int, plain_size: int, source: Endpoint, now: float
-    ) -> None:
-        """The bookkeeping of an authenticated data message (``size`` bytes) from ``peer``."""
-        peer.endpoint = source  # roaming: follow the source of the last authenticated datagram
-        # keepKeyFreshReceiving: an initiator whose keys are about to expire rekeys, once.
-        timers = peer.timers
-        current = peer.keypairs.current
-        if (
-            current is not None
-            and now > current.rekey_on_receive_at
-            and not timers.sent_last_minute_handshake
-        ):
-            timers.sent_last_minute_handshake = True
-            self._send_handshake_initiation(peer, now, is_retry=False)
-        if peer.persistent_keepalive_interval:  # only then is there a keepalive to push back
-            timers.any_authenticated_packet_traversal(now, peer.persistent_keepalive_interval)
-        timers.any_authenticated_packet_received()
-        peer.rx_bytes += size
-        if plain_size:
-            timers.data_received(now)
-
-    def _check_inner_packet(self, peer: Peer, out: memoryview, size: int) -> Decapsulated:
+    def _check_inner_packet(
+        self, peer: Peer, out: memoryview, size: int, now: float
+    ) -> WriteToTunnel | Dropped:
         """Cut the decrypted packet to its IP length; check its source is the peer's to use.
 
         Args:
             peer: the peer it came from.
             out: holds the packet, padding included, at ``out[:size]``.
             size: its length as decrypted.
+            now: not needed here (layer 2's last step needs it: the switch ages its table).
         """
         version = out[0] >> 4
         length: int
@@ -201,7 +229,7 @@ class ReceivePath(SendPath):
 
     def _receive_handshake_message(
         self, source: Endpoint, datagram: Buffer, out: memoryview, now: float
-    ) -> Decapsulated:
+    ) -> WriteToNetwork | Done | Dropped:
         """An initiation, a response or a cookie reply (wireguard-go ``RoutineHandshake``)."""
         try:
             # Checks the type word and the exact length of each message type.
@@ -247,7 +275,7 @@ class ReceivePath(SendPath):
         source: Endpoint,
         out: memoryview,
         now: float,
-    ) -> Decapsulated:
+    ) -> WriteToNetwork | Done | Dropped:
         """Authenticate an initiation and answer it; the new keypair waits in ``next``."""
         try:
             state = consume_initiation_untrusted(identity, message, self._lookup_handshake, now)
@@ -283,7 +311,7 @@ class ReceivePath(SendPath):
 
     def _consume_response(
         self, identity: StaticIdentity, message: HandshakeResponse, source: Endpoint, now: float
-    ) -> Decapsulated:
+    ) -> WriteToNetwork | Done | Dropped:
         """Finish the handshake we initiated: the new keypair is ``current`` at once."""
         peer = self._index.handshakes.get(message.receiver)
         if peer is None:
@@ -306,7 +334,7 @@ class ReceivePath(SendPath):
         self._send_keepalive(peer, now)
         return DONE
 
-    def _consume_cookie_reply(self, message: CookieReply, now: float) -> Decapsulated:
+    def _consume_cookie_reply(self, message: CookieReply, now: float) -> Done | Dropped:
         """Keep the cookie for the mac2 of our next initiation to that peer."""
         peer = self._index.peer_for_index(message.receiver)
         if peer is None:

@@ -22,7 +22,8 @@ The rules, as any learning bridge has them (IEEE 802.1D, "transparent bridging")
   sites, a VM migrated); the entry follows it, and the move is reported (:attr:`moves`), so that
   the runtime can log it: at most once per ``MOVE_REPORT_INTERVAL`` seconds for one address,
   so that an address flapping between two ports (a loop, two hosts with one address) does not
-  flood the log; the moves not reported are counted (:attr:`unreported_moves`).
+  flood the log; the moves not reported are counted (:attr:`unreported_moves`), and the next
+  reported move says how many there were since the one before (``MacMove.unreported``).
 * **AllowedMACs.**  A port may be limited to a list of source addresses (or prefixes, such as an
   OUI): the layer-2 form of WireGuard's cryptokey routing, where a peer may only *send from* its
   own allowed IPs.  A frame from another source is refused before anything is learned from it,
@@ -184,11 +185,14 @@ class MacMove(Generic[P]):
         mac: the address.
         old: the port it was behind.
         new: the port it is behind now.
+        unreported: the moves (of any address) not reported since the move reported before
+            this one, so that the log line of this one can say how many it did not show.
     """
 
     mac: bytes
     old: P
     new: P
+    unreported: int = 0
 
 
 @attrs.frozen
@@ -261,6 +265,7 @@ class LearningSwitch(Generic[P]):
         self.flood_burst = flood_burst
         self.moves: list[MacMove[P]] = []
         self.unreported_moves = 0
+        self._unreported_since_report = 0  # told with the next reported move
         self._table: dict[bytes, _Entry[P]] = {}
         # The addresses behind each port, oldest learned first: where an address is evicted
         # from when the table is full.  An OrderedDict, not a dict: a dict finds its first key
@@ -380,10 +385,12 @@ class LearningSwitch(Generic[P]):
         if now - entry.seen > self.aging:
             pass  # an aged-out entry did not move: it was dead
         elif now - entry.reported >= MOVE_REPORT_INTERVAL:
-            self.moves.append(MacMove(mac, old, port))
+            self.moves.append(MacMove(mac, old, port, self._unreported_since_report))
+            self._unreported_since_report = 0
             entry.reported = now
         else:
             self.unreported_moves += 1  # flapping: reported a moment ago
+            self._unreported_since_report += 1
         behind = self._by_port[old]
         del behind[mac]
         if not behind:

@@ -860,6 +860,9 @@ class DeviceSnapshot:
         peers: every peer.
         mode: ``"tun"`` (WireGuard) or ``"tap"`` (minivpn's layer-2 extension).
         mac_table: ``Mode = tap``: the switch's MAC table.
+        flood_rate: ``Mode = tap``: the switch's storm control, flooded frames a second
+            each port may send (0: off); None: not reported.
+        flood_burst: ``Mode = tap``: flooded frames a port may send at once above the rate.
         drops: minivpn's drops of the whole device, ``(reason, count)`` for each reason seen
             (empty for another daemon).
     """
@@ -871,6 +874,8 @@ class DeviceSnapshot:
     mode: str = "tun"
     mac_table: tuple[MacTableEntry, ...] = attrs.field(default=(), converter=_mac_entries)
     drops: tuple[tuple[str, int], ...] = attrs.field(default=(), converter=_counts)
+    flood_rate: int | None = None
+    flood_burst: int | None = None
 
 
 def format_errno(errno: int) -> bytes:
@@ -893,7 +898,8 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
     (``tests/netns/test_trace.py`` checks it with the real ``wg``).
 
     In ``Mode = tap`` (minivpn's extension), three more keys, which ``wg`` skips (its parser,
-    wireguard-tools ``ipc-uapi.h``, ignores keys it does not know): ``minivpn_mode=tap`` and a
+    wireguard-tools ``ipc-uapi.h``, ignores keys it does not know): ``minivpn_mode=tap``,
+    the storm control as ``minivpn_flood_rate=N`` (0: off) and ``minivpn_flood_burst=N``, and a
     ``minivpn_mac=MAC,AGE`` line per MAC address behind the TAP device among the device
     lines; per peer, ``minivpn_allowed_mac=PREFIX`` lines and a ``minivpn_mac=MAC,AGE`` line
     per address behind that peer.  A ``tun`` device's answer is wireguard-go's, with only the
@@ -909,6 +915,10 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
     macs: dict[PublicKey | None, list[str]] = {}
     if snapshot.mode != "tun":
         lines.append(f"minivpn_mode={snapshot.mode}")
+        if snapshot.flood_rate is not None:
+            lines.append(f"minivpn_flood_rate={snapshot.flood_rate}")
+        if snapshot.flood_burst is not None:
+            lines.append(f"minivpn_flood_burst={snapshot.flood_burst}")
         for entry in snapshot.mac_table:
             macs.setdefault(entry.public_key, []).append(f"minivpn_mac={entry.mac},{entry.age}")
         lines.extend(macs.get(None, ()))
@@ -995,6 +1005,8 @@ def parse_get_response(text: str | bytes) -> DeviceSnapshot:
             elif not peers:
                 if key == "minivpn_mode":
                     device["mode"] = value
+                elif key in ("minivpn_flood_rate", "minivpn_flood_burst"):
+                    device[key.removeprefix("minivpn_")] = _parse_uint(value, 32, key)
                 elif key == "private_key":
                     device["private_key"] = PrivateKey.from_hex(_checked_hex(value))
                 elif key in ("listen_port", "fwmark"):
