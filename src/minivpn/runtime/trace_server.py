@@ -519,8 +519,6 @@ class BadRequest(Exception):
 
 async def _read_request(stream: trio.SocketStream) -> SocketConsumer:
     """The client's one request line, as a consumer with its filter."""
-    import json  # only once someone traces (see _Batch.line)
-
     data = b""
     with trio.move_on_after(_REQUEST_TIMEOUT):
         while b"\n" not in data and len(data) <= _REQUEST_LIMIT:
@@ -542,6 +540,8 @@ def parse_request_untrusted(data: bytes) -> tuple[PublicKey | None, bool]:
     Raises:
         BadRequest: it is not (the only exception, whatever ``data`` holds).
     """
+    import json  # only once someone traces (see _Batch.line)
+
     line = data.partition(b"\n")[0]
     if b"\n" not in data:
         raise BadRequest("expected one line of JSON: the request")
