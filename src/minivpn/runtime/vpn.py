@@ -648,12 +648,22 @@ async def _follow_endpoints(
         while True:
             endpoints = [peer.endpoint for peer in iface.core.peers.values()]
             for sock in sockets.sync(endpoints, iface.core.listen_port, iface.open_peer_socket):
-                nursery.start_soon(network_to_device, iface, sock)
+                nursery.start_soon(_receive_from_peer, iface, sock, network_to_device)
             with trio.move_on_after(FOLLOW_INTERVAL):
                 await sockets.changed.wait()
             sockets.changed = trio.Event()
     finally:
         sockets.close_all()
+
+
+async def _receive_from_peer(
+    iface: _Runtime,
+    sock: socket.socket,
+    network_to_device: Callable[[_Runtime, socket.socket], Awaitable[None]],
+) -> None:
+    """The receive loop on one peer's socket, unless it was closed before this task ran."""
+    if sock.fileno() != -1:  # once waiting, a close wakes the loop, which then returns
+        await network_to_device(iface, sock)
 
 
 async def _handshakes(iface: _Runtime) -> None:
