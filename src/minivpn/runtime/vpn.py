@@ -647,7 +647,8 @@ async def _follow_endpoints(
     try:
         while True:
             endpoints = [peer.endpoint for peer in iface.core.peers.values()]
-            for sock in sockets.sync(endpoints, iface.core.listen_port, iface.open_peer_socket):
+            port, now = iface.core.listen_port, trio.current_time()
+            for sock in sockets.sync(endpoints, port, iface.open_peer_socket, now):
                 nursery.start_soon(_receive_from_peer, iface, sock, network_to_device)
             with trio.move_on_after(FOLLOW_INTERVAL):
                 await sockets.changed.wait()
