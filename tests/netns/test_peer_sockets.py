@@ -38,6 +38,7 @@ class Star:
     """The hub (198.51.100.1) and its spokes: 2 over IPv4, 3 over IPv6."""
 
     def __init__(self, lab: Lab) -> None:
+        self.lab = lab
         self.hub_ns, self.v4_ns, self.v6_ns = star(lab.topology, 3)
         self.hub = lab.minivpnd(self.hub_ns, "h")
         self.v4 = lab.minivpnd(self.v4_ns, "a")
@@ -169,3 +170,17 @@ def test_a_peer_without_an_endpoint_gets_its_socket_when_it_writes(net: Star) ->
     settle_connected(net.hub_ns, HUB_PORT, {f"[fd00:5100:100::3]:{SPOKE_PORT}"})
     wait_for_ping(net.v4_ns, "10.83.0.1", timeout=20)
     settle_connected(net.hub_ns, HUB_PORT, both_spokes())
+
+
+def test_another_interface_still_cannot_take_the_port(net: Star) -> None:
+    """``SO_REUSEPORT`` is set on the listening socket only once it is bound: another
+    interface asking for the port (without it at its bind) is refused, as before."""
+    wait_for_ping(net.v4_ns, "10.83.0.1", timeout=20)
+    settle_connected(net.hub_ns, HUB_PORT, both_spokes())
+    other = net.lab.minivpnd(net.hub_ns, "o")
+    other.set_private_key()
+    refused = other.wg("set", other.name, "listen-port", str(HUB_PORT), check=False)
+    assert refused.returncode != 0, refused.stdout
+    # Only the hub's sockets on the port: its two listening ones and one per spoke.
+    assert len(udp_sockets(net.hub_ns, HUB_PORT)) == 4
+    wait_for_ping(net.v4_ns, "10.83.0.1", timeout=20)
