@@ -13,7 +13,9 @@ its TAP device).  Meanwhile spoke 2 pings spoke 3 through the hub every 10 ms.  
 frames offered and sent, the hub's RSS and MAC table size before, during and after, the pings'
 loss and round trips during the flood against a quiet baseline, the drop counters of spoke 1
 and the hub (SIGUSR1: ``flood_limited`` is storm control), what spoke 1's TAP device dropped
-because minivpn did not read it in time, and the load average.
+because minivpn did not read it in time, the datagrams the kernel dropped at each of the hub's
+UDP sockets on the port (the listening one, and one connected to each spoke:
+runtime/peer_sockets.py), and the load average.
 
 ``--no-storm-control flooder`` runs spoke 1 with ``FloodRate = off`` (its switch floods all it
 gets, as a peer that is not minivpn, or a modified one, would): then the hub's storm control is
@@ -94,6 +96,24 @@ def drops(pid: int, log: Path) -> str:
         time.sleep(0.1)
     found = re.findall(r"dropped \d+.*", log.read_text())
     return found[-1] if found else "?"
+
+
+def socket_drops(ns: Namespace, port: int) -> str:
+    """Datagrams the kernel dropped per UDP socket on *port* (``/proc/net/udp``, full queues).
+
+    The listening socket is ``listening``; a socket connected to a peer (runtime/peer_sockets.py)
+    is named by the peer's address.
+    """
+    found = []
+    for line in ns.run(["cat", "/proc/net/udp"]).stdout.splitlines()[1:]:
+        fields = line.split()
+        local, remote, drops = fields[1], fields[2], fields[-1]
+        if int(local.split(":")[1], 16) != port:
+            continue
+        address, _ = remote.split(":")
+        host = ".".join(str(b) for b in reversed(bytes.fromhex(address)))
+        found.append(f"{'listening' if host == '0.0.0.0' else host} {drops}")
+    return ", ".join(sorted(found))
 
 
 def ping_stats(ns: Namespace, address: str, seconds: float) -> str:
@@ -189,6 +209,7 @@ def main() -> int:
         tap_dropped = spokes[0].run(["cat", "/sys/class/net/mvfs0/statistics/tx_dropped"]).stdout
         spoke_drops = drops(pids["mvfs0"], logs["mvfs0"])
         hub_drops = drops(hub_pid, logs["mvfhub"])
+        kernel_drops = socket_drops(hub, PORT)
         load = Path("/proc/loadavg").read_text().split()[0]
         print(f"\nrandom-source-MAC flood: {args.rate} frames/s offered for {args.seconds:g} s "
               f"(storm control off: {args.no_storm_control})")  # fmt: skip
@@ -201,6 +222,7 @@ def main() -> int:
         print(f"| spoke 1's TAP device: frames minivpn did not read in time | {unread} |")
         print(f"| spoke 1 {spoke_drops} |")
         print(f"| hub {hub_drops} |")
+        print(f"| hub's UDP sockets: datagrams the kernel dropped (queue full) | {kernel_drops} |")
         print(f"| ping spoke 2 -> spoke 3, quiet (2 s) | {quiet} |")
         print(f"| ping spoke 2 -> spoke 3, during the flood | {during_ping} |")
         print(f"| 1-minute load average at the end | {load} |")

@@ -138,7 +138,10 @@ def exercise_pair(
     # fwmark needs CAP_NET_ADMIN (SO_MARK): the sockets really carry it.
     ns0.run(["wg", "set", one, "fwmark", "0x42"])
     assert wg(ns0, "show", one, "fwmark").strip() == "0x42"
-    assert udp_marks(ns0, 52101) == ["fwmark:0x42", "fwmark:0x42"]
+    # Every socket of the port: IPv4 and IPv6, and the one connected to the peer (the port
+    # was bound after the drop, by the same user: runtime/peer_sockets.py, "Limits").
+    marks = udp_marks(ns0, 52101)
+    assert marks == ["fwmark:0x42"] * 3, marks
     # Roaming: two moves to another port; one learns it from two's authenticated packets.
     ns0.run(["wg", "set", two, "listen-port", "52103"])
     wait_for_ping(ns2, f"{subnet}.1", timeout=20)
@@ -261,3 +264,74 @@ def test_unknown_or_unmapped_user_fails_before_anything_is_made(topo: Topology) 
         )  # fmt: skip
         assert_clean_failure(result)
         assert "is not mapped in this user namespace" in result.stderr
+
+
+def connected_sockets(ns: Namespace, port: int) -> list[str]:
+    """The remote ends of the UDP sockets on *port* that are connected (``ss``: ESTAB)."""
+    lines = ns.run(["ss", "-Huan", f"sport = :{port}"]).stdout.splitlines()
+    return [line.split()[4] for line in lines if line.split()[0] == "ESTAB"]
+
+
+def up_with_a_peer(
+    ns: Namespace, daemons: Daemons, tmp_path: Path, name: str, port: int, *args: str
+) -> int:
+    """``minivpn up ARGS`` on *port* with one peer at 127.0.0.1:51999; its PID."""
+    config = tmp_path / f"{name}.conf"
+    config.write_text(
+        f"[Interface]\nPrivateKey = {genkey().private}\nListenPort = {port}\n"
+        "Address = 10.97.0.1/24\n\n"
+        f"[Peer]\nPublicKey = {genkey().public}\nAllowedIPs = 10.97.0.2/32\n"
+        "Endpoint = 127.0.0.1:51999\n"
+    )
+    config.chmod(0o600)
+    up = ns.run([*MINIVPN, "up", *args, str(config)], check=False, timeout=60)
+    assert up.returncode == 0, up.stderr
+    return daemons.find(name)
+
+
+def test_per_peer_sockets_on_a_privileged_port_after_the_drop(
+    topo: Topology, daemons: Daemons, tmp_path: Path
+) -> None:
+    """A per-peer socket binds the listening port: below 1024 that needs the
+    CAP_NET_BIND_SERVICE kept for the port, also for a socket opened after the drop."""
+    ns = topo.namespace("r")
+    name = fresh_name("r")
+    pid = up_with_a_peer(ns, daemons, tmp_path, name, 501)
+    assert_dropped(pid, caps=CAP_NET_ADMIN | CAP_NET_BIND_SERVICE, uid=os.getuid())
+    wait_until(
+        lambda: connected_sockets(ns, 501) == ["127.0.0.1:51999"], timeout=10, what="the socket"
+    )
+    peer = wg(ns, "show", name, "peers").strip()
+    ns.run(["wg", "set", name, "peer", peer, "endpoint", "127.0.0.1:51998"])
+    wait_until(
+        lambda: connected_sockets(ns, 501) == ["127.0.0.1:51998"],
+        timeout=10,
+        what="the socket to follow the endpoint",
+    )
+    ns.run([*MINIVPN, "down", name], timeout=60)
+    daemons.wait_gone(pid)
+
+
+@needs_second_uid
+def test_after_a_user_switch_peers_share_a_port_bound_before_it(
+    topo: Topology, daemons: Daemons, tmp_path: Path
+) -> None:
+    """The port of the configuration is bound by root, before ``--user``: the kernel lets
+    only root's sockets join it, so the peers share the listening socket (peer_sockets.py,
+    "Limits") and the interface goes on serving."""
+    ns = topo.namespace("w")
+    name = fresh_name("w")
+    pid = up_with_a_peer(ns, daemons, tmp_path, name, 52120, "--user", "nobody")
+    assert_dropped(pid, caps=CAP_NET_ADMIN, uid=NOBODY)
+    peer = wg(ns, "show", name, "peers").strip()
+    ns.run(["wg", "set", name, "peer", peer, "endpoint", "127.0.0.1:51998"])
+    assert wg(ns, "show", name, "endpoints").split() == [peer, "127.0.0.1:51998"]
+    # (A socket opened before the switch, to the old endpoint, is closed; none is opened.)
+    wait_until(lambda: connected_sockets(ns, 52120) == [], timeout=10, what="no socket")
+    # Another port is bound by nobody: then the peer gets its socket.
+    ns.run(["wg", "set", name, "listen-port", "52121"])
+    wait_until(
+        lambda: connected_sockets(ns, 52121) == ["127.0.0.1:51998"], timeout=10, what="the socket"
+    )
+    ns.run([*MINIVPN, "down", name], timeout=60)
+    daemons.wait_gone(pid)

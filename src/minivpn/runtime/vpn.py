@@ -8,8 +8,10 @@ The runtime decides *when* things happen and moves bytes; the core decides *what
         ├── device_to_network     TUN fd readable -> read -> core.encapsulate -> UDP send
         ├── sockets (restartable, for `wg set listen-port`)
         │   ├── network_to_device[IPv4]   socket readable -> receive -> core.decapsulate
-        │   └── network_to_device[IPv6]                   -> TUN write; handshake messages
-        │                                                    -> the handshake queue
+        │   ├── network_to_device[IPv6]                   -> TUN write; handshake messages
+        │   │                                                -> the handshake queue
+        │   ├── follow_endpoints          a connected socket per peer endpoint (peer_sockets)
+        │   └── network_to_device[peer]   ... each with the same receive loop
         ├── handshakes            the queue -> core.decapsulate -> UDP send (a response or a
         │                         cookie reply), in slices with a CPU budget
         ├── timers                sleep until core.next_deadline() -> core.handle_timer(now)
@@ -64,6 +66,7 @@ import trio
 from minivpn.framing.offload import VNET_HDR_LEN, ZERO_VNET_HDR, OffloadError
 from minivpn.offload_engine import MAX_DATAGRAM, OffloadEngine, lazy_buffer
 from minivpn.runtime import sticky
+from minivpn.runtime.peer_sockets import FOLLOW_INTERVAL, PeerSockets
 from minivpn.runtime.trace_server import run_trace
 from minivpn.runtime.uapi_server import UapiSocket, serve_uapi, watch_socket_path
 from minivpn.tuntap.aio import READ_SIZE
@@ -176,6 +179,8 @@ class _Runtime:
         self.handshake_wakeup = trio.Event()
         self.scratch = memoryview(bytearray(MAX_DATAGRAM))  # for replies to handshake messages
         self.socket_scope: trio.CancelScope | None = None
+        # A receive queue per peer: a connected socket for each endpoint (peer_sockets.py).
+        self.peer_sockets = PeerSockets()
         self.engine = OffloadEngine(
             core, send=self.send_train, write=self.write_packet, handshake=self.queue_handshake
         )
@@ -228,6 +233,11 @@ class _Runtime:
 
     def socket_for(self, endpoint: tuple[str, int]) -> socket.socket | None:
         return self.sockets.get(socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET)
+
+    def open_peer_socket(self, family: int, address: tuple[str, int]) -> socket.socket:
+        """A socket on the listening port, for one peer's endpoint (peer_sockets.py)."""
+        fwmark, gro = self.core.fwmark, self.offloaded
+        return _udp_socket(family, address, fwmark, gro, shared=True)
 
     # -- actions ------------------------------------------------------------------------------
 
@@ -287,6 +297,7 @@ class _Runtime:
             self.core.listen_port = bound
             for sock in self.sockets.values():
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.core.fwmark)
+            self.peer_sockets.set_mark(self.core.fwmark)
             return
         self.bind(self.core.listen_port)
         if self.socket_scope is not None:
@@ -304,6 +315,7 @@ class _Runtime:
 
     def apply(self, request: SetRequest) -> int:
         result = self.core.apply(request, trio.current_time())
+        self.peer_sockets.poke()  # peers, endpoints: the per-peer sockets follow at once
         try:
             self.carry_out(self.core.take_actions())
         except VpnError as exc:
@@ -446,7 +458,15 @@ def _mismatch(event: ModeMismatch) -> str:
     )
 
 
-def _udp_socket(family: int, address: tuple[Any, ...], fwmark: int, gro: bool) -> socket.socket:
+def _udp_socket(
+    family: int, address: tuple[Any, ...], fwmark: int, gro: bool, *, shared: bool = False
+) -> socket.socket:
+    """A UDP socket with the interface's options, bound to *address*.
+
+    ``SO_REUSEPORT`` lets the per-peer sockets (*shared*) bind to the listening port.  The
+    listening socket sets it only once bound, so that its own bind still fails on a port
+    someone else holds (and port 0 picks a port nobody holds).
+    """
     sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
         if family == socket.AF_INET6:
@@ -455,7 +475,11 @@ def _udp_socket(family: int, address: tuple[Any, ...], fwmark: int, gro: bool) -
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         if fwmark:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, fwmark)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
+        if not shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if gro:
             with contextlib.suppress(OSError):  # an old kernel: one datagram per receive
                 sock.setsockopt(SOL_UDP, UDP_GRO, 1)
@@ -563,6 +587,7 @@ async def run_interface(
     finally:
         for sock in iface.sockets.values():
             sock.close()
+        iface.peer_sockets.close_all()
 
 
 def drop_summary(core: WireGuardCore) -> str:
@@ -609,7 +634,44 @@ async def _socket_tasks(
             async with trio.open_nursery() as nursery:
                 for sock in iface.sockets.values():
                     nursery.start_soon(network_to_device, iface, sock)
+                nursery.start_soon(_follow_endpoints, iface, nursery, network_to_device)
         iface.socket_scope = None
+
+
+async def _follow_endpoints(
+    iface: _Runtime,
+    nursery: trio.Nursery,
+    network_to_device: Callable[[_Runtime, socket.socket], Awaitable[None]],
+) -> None:
+    """Keep a connected socket, with a receiver, for each peer endpoint (peer_sockets.py).
+
+    It looks when the configuration changed and every FOLLOW_INTERVAL seconds (a peer that
+    roamed); a receiver ends when its socket is closed.  The sockets live as long as this
+    task: when the sockets are rebound (another port), they are closed with it, and its
+    successor opens them on the new port.
+    """
+    sockets = iface.peer_sockets
+    try:
+        while True:
+            endpoints = [peer.endpoint for peer in iface.core.peers.values()]
+            port, now = iface.core.listen_port, trio.current_time()
+            for sock in sockets.sync(endpoints, port, iface.open_peer_socket, now):
+                nursery.start_soon(_receive_from_peer, iface, sock, network_to_device)
+            with trio.move_on_after(FOLLOW_INTERVAL):
+                await sockets.changed.wait()
+            sockets.changed = trio.Event()
+    finally:
+        sockets.close_all()
+
+
+async def _receive_from_peer(
+    iface: _Runtime,
+    sock: socket.socket,
+    network_to_device: Callable[[_Runtime, socket.socket], Awaitable[None]],
+) -> None:
+    """The receive loop on one peer's socket, unless it was closed before this task ran."""
+    if sock.fileno() != -1:  # once waiting, a close wakes the loop, which then returns
+        await network_to_device(iface, sock)
 
 
 async def _handshakes(iface: _Runtime) -> None:
