@@ -42,13 +42,17 @@ port is privileged, privileges.py).  After ``--user``, a port bound before the s
 configuration's ``ListenPort``) is root's: the kernel refuses (``EADDRINUSE``), and the peers
 share the listening socket as before, logged once, until ``wg set listen-port`` binds a port
 as the new user.  A socket the kernel refuses (that, or no route to the endpoint yet) is tried
-again after RETRY_AFTER seconds.
+again after RETRY_AFTER seconds.  Every socket is a file: at most a quarter of the files the
+process may open (RLIMIT_NOFILE, 1024 by default: 256 sockets) go to peers, so that the TUN
+device, the UAPI and trace clients always have room; peers beyond that share the listening
+socket, as all peers did before (logged once).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 import socket
 from typing import TYPE_CHECKING
 
@@ -62,7 +66,7 @@ if TYPE_CHECKING:
     #: ``(family, address)`` -> a bound, non-blocking UDP socket with the interface's options.
     OpenSocket = Callable[[int, tuple[str, int]], socket.socket]
 
-__all__ = ["FOLLOW_INTERVAL", "PeerSockets", "remote_key"]
+__all__ = ["FOLLOW_INTERVAL", "PeerSockets", "default_limit", "remote_key"]
 
 log = logging.getLogger("minivpn.vpn")
 
@@ -70,6 +74,12 @@ log = logging.getLogger("minivpn.vpn")
 FOLLOW_INTERVAL = 0.5
 #: Seconds before a socket the kernel refused is tried again (no route to the endpoint yet...).
 RETRY_AFTER = 10.0
+
+
+def default_limit() -> int:
+    """How many per-peer sockets at most: a quarter of the files the process may open."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1, soft // 4) if soft != resource.RLIM_INFINITY else 4096
 
 
 def remote_key(endpoint: Endpoint) -> tuple[str, int, str | None]:
@@ -84,14 +94,18 @@ class PeerSockets:
     Attributes:
         sockets: ``(host, port)`` -> the socket connected to it.
         changed: set to make the runtime's follower (``vpn._follow_endpoints``) look now.
+        limit: the most sockets it keeps (:func:`default_limit`); other peers share the
+            listening socket.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = default_limit() if limit is None else limit
         self.sockets: dict[tuple[str, int], socket.socket] = {}
         self.changed = trio.Event()
         # Endpoints whose socket the kernel refused, and when: tried again after RETRY_AFTER.
         self.refused: dict[tuple[str, int, str | None], float] = {}
         self.warned = False
+        self.warned_limit = False
 
     def poke(self) -> None:
         """The peers or their endpoints may have changed: look now."""
@@ -117,6 +131,15 @@ class PeerSockets:
         for remote, key in remotes.items():
             if remote in self.sockets or now < self.refused.get(key, now):
                 continue
+            if len(self.sockets) >= self.limit:
+                if not self.warned_limit:
+                    self.warned_limit = True
+                    log.info(
+                        "%d peer endpoints have a socket of their own, the most for this "
+                        "process's open-file limit: the others share the listening socket",
+                        self.limit,
+                    )
+                break
             new = self._open(key, port, open_socket)
             if new is None:
                 self.refused[key] = now + RETRY_AFTER
