@@ -179,8 +179,11 @@ def test_another_interface_still_cannot_take_the_port(net: Star) -> None:
     settle_connected(net.hub_ns, HUB_PORT, both_spokes())
     other = net.lab.minivpnd(net.hub_ns, "o")
     other.set_private_key()
+    own_port = other.wg("show", other.name, "listen-port").stdout
     refused = other.wg("set", other.name, "listen-port", str(HUB_PORT), check=False)
     assert refused.returncode != 0, refused.stdout
+    # It goes on with the port it had, and says so (not the port it was refused).
+    assert other.wg("show", other.name, "listen-port").stdout == own_port
     # Only the hub's sockets on the port: its two listening ones and one per spoke.
     assert len(udp_sockets(net.hub_ns, HUB_PORT)) == 4
     wait_for_ping(net.v4_ns, "10.83.0.1", timeout=20)

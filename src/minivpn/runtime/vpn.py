@@ -320,6 +320,8 @@ class _Runtime:
             self.carry_out(self.core.take_actions())
         except VpnError as exc:
             log.warning("%s", exc)
+            if self.sockets:  # the old sockets still serve: `wg show` says their port
+                self.core.listen_port = next(iter(self.sockets.values())).getsockname()[1]
             return EADDRINUSE
         return result
 
