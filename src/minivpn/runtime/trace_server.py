@@ -228,10 +228,15 @@ class Consumer(Protocol):
         ...
 
 
-def _lost_line(count: int, now: float) -> bytes:
+def _json_line(message: object) -> bytes:
+    """*message* as one line of JSON, as the trace socket sends everything but events."""
     import json  # only once someone traces (see _Batch.line)
 
-    return json.dumps({"time": round(now, 6), "event": "lost", "count": count}).encode() + b"\n"
+    return json.dumps(message).encode() + b"\n"
+
+
+def _lost_line(count: int, now: float) -> bytes:
+    return _json_line({"time": round(now, 6), "event": "lost", "count": count})
 
 
 class SocketConsumer:
@@ -505,10 +510,8 @@ async def _send_events(stream: trio.SocketStream, hub: TraceHub, consumer: Socke
     A client that goes away is no error of the interface's: each task of the client's
     nursery handles it itself, so no error of one client ever reaches the interface.
     """
-    import json  # only once someone traces (see _Batch.line)
-
     with contextlib.suppress(*_GONE):
-        await stream.send_all(json.dumps(hub.hello()).encode() + b"\n")
+        await stream.send_all(_json_line(hub.hello()))
         while True:
             await stream.send_all(await consumer.next_chunk())
 
@@ -567,7 +570,5 @@ def parse_request_untrusted(data: bytes) -> tuple[PublicKey | None, bool]:
 
 
 async def _send_quietly(stream: trio.SocketStream, message: dict[str, Any]) -> None:
-    import json  # only once someone traces (see _Batch.line)
-
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_all(json.dumps(message).encode() + b"\n")
+        await stream.send_all(_json_line(message))

@@ -231,6 +231,10 @@ class _Runtime:
         self.core.listen_port = chosen
         log.info("listening on UDP port %d", chosen)
 
+    def bound_port(self) -> int | None:
+        """The port the listening sockets are bound to (None before there are any)."""
+        return next(iter(self.sockets.values())).getsockname()[1] if self.sockets else None
+
     def socket_for(self, endpoint: tuple[str, int]) -> socket.socket | None:
         return self.sockets.get(socket.AF_INET6 if ":" in endpoint[0] else socket.AF_INET)
 
@@ -292,7 +296,7 @@ class _Runtime:
         there are.  Another port: new sockets are bound first (so a port in use leaves the old
         ones working), and the socket tasks restart on them.
         """
-        bound = next(iter(self.sockets.values())).getsockname()[1] if self.sockets else None
+        bound = self.bound_port()
         if self.core.listen_port in (0, bound) and bound is not None:
             self.core.listen_port = bound
             for sock in self.sockets.values():
@@ -320,8 +324,9 @@ class _Runtime:
             self.carry_out(self.core.take_actions())
         except VpnError as exc:
             log.warning("%s", exc)
-            if self.sockets:  # the old sockets still serve: `wg show` says their port
-                self.core.listen_port = next(iter(self.sockets.values())).getsockname()[1]
+            bound = self.bound_port()
+            if bound is not None:  # the old sockets still serve: `wg show` says their port
+                self.core.listen_port = bound
             return EADDRINUSE
         return result
 

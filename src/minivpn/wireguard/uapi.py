@@ -897,7 +897,7 @@ def format_get_response(snapshot: DeviceSnapshot) -> bytes:
     so ``wg show`` and ``wg showconf`` print exactly what they print without them
     (``tests/netns/test_trace.py`` checks it with the real ``wg``).
 
-    In ``Mode = tap`` (minivpn's extension), three more keys, which ``wg`` skips (its parser,
+    In ``Mode = tap`` (minivpn's extension), more keys, which ``wg`` skips (its parser,
     wireguard-tools ``ipc-uapi.h``, ignores keys it does not know): ``minivpn_mode=tap``,
     the storm control as ``minivpn_flood_rate=N`` (0: off) and ``minivpn_flood_burst=N``, and a
     ``minivpn_mac=MAC,AGE`` line per MAC address behind the TAP device among the device
