@@ -433,6 +433,24 @@ def test_a_restarted_hub_recovers(lab: L2Lab) -> None:
 # --- a tap interface against a tun one -----------------------------------------------------------
 
 
+def start_pair(
+    namespaces: tuple[Namespace, Namespace],
+    names: tuple[str, str],
+    texts: list[str],
+    tmp_path: Path,
+) -> list[Process]:
+    """``minivpn up --foreground`` with each config (0600) in its namespace, until both run."""
+    processes = []
+    for ns, name, text in zip(namespaces, names, texts, strict=True):
+        path = tmp_path / f"{name}.conf"
+        path.write_text(text)
+        path.chmod(0o600)
+        process = start_minivpn(ns, ["up", str(path), "--foreground"], tmp_path, name)
+        process.wait_for("data path:")
+        processes.append(process)
+    return processes
+
+
 def test_a_layer3_peer_is_refused_clearly(tmp_path: Path) -> None:
     """Mode = tap against Mode = tun: nothing passes, and both logs say why."""
     with Topology() as topo:
@@ -448,14 +466,7 @@ def test_a_layer3_peer_is_refused_clearly(tmp_path: Path) -> None:
             f"[Peer]\nPublicKey = {keys[0].public}\nAllowedIPs = 10.87.0.0/24\n"
             f"Endpoint = {a.addr4}:{PORT}\n",
         ]
-        processes = []
-        for ns, name, text in zip((a, b), names, texts, strict=True):
-            path = tmp_path / f"{name}.conf"
-            path.write_text(text)
-            path.chmod(0o600)
-            process = start_minivpn(ns, ["up", str(path), "--foreground"], tmp_path, name)
-            process.wait_for("data path:")
-            processes.append(process)
+        processes = start_pair((a, b), names, texts, tmp_path)
         try:
             assert ping(b, "10.87.0.1", count=3, interval=0.3).returncode != 0
             processes[0].wait_for(r"sends IP packets, but this interface is in Mode = tap")
@@ -502,14 +513,7 @@ def test_a_configured_flood_rate_takes_effect(tmp_path: Path) -> None:
             "Address = 10.87.1.2/24\n\n"
             f"[Peer]\nPublicKey = {keys[0].public}\nEndpoint = {a.addr4}:{PORT}\n",
         ]
-        processes = []
-        for ns, name, text in zip((a, b), names, texts, strict=True):
-            path = tmp_path / f"{name}.conf"
-            path.write_text(text)
-            path.chmod(0o600)
-            process = start_minivpn(ns, ["up", str(path), "--foreground"], tmp_path, name)
-            process.wait_for("data path:")
-            processes.append(process)
+        processes = start_pair((a, b), names, texts, tmp_path)
         try:
             wait_for_ping(a, "10.87.1.2", timeout=20)  # a session, and ARP's flood spent
             before = logged_drops(processes[0]).get("flood_limited", 0)
