@@ -230,6 +230,21 @@ def _stop_signals_interrupt() -> Iterator[Callable[[], bool]]:
             signal.signal(signum, handler)
 
 
+def prepare(teardown: Teardown, mount_target: str | None) -> tuple[str, Path]:
+    """A demo's tag (in the names of all it makes) and work directory; the tmpfs on
+    *mount_target*, if the prerequisites asked for one.
+
+    Each is registered with *teardown* before it exists, as everything the steps make is.
+    """
+    tag = secrets.token_hex(2)
+    workdir = Path(tempfile.mkdtemp(prefix=f"minivpn-demo-{tag}-"))  # mode 0700
+    teardown.add(f"removed {workdir}", lambda: shutil.rmtree(workdir, ignore_errors=True))
+    if mount_target is not None:
+        mount_tmpfs(mount_target)
+        teardown.add(f"unmounted the tmpfs on {mount_target}", lambda: umount(mount_target))
+    return tag, workdir
+
+
 def _run_steps(
     options: DemoOptions,
     say: Callable[[str], None],
@@ -239,12 +254,7 @@ def _run_steps(
     """Steps 1 to 7; everything they make is registered with *teardown* before it exists."""
     from minivpn.wireguard.keys import PrivateKey
 
-    tag = secrets.token_hex(2)
-    workdir = Path(tempfile.mkdtemp(prefix=f"minivpn-demo-{tag}-"))  # mode 0700
-    teardown.add(f"removed {workdir}", lambda: shutil.rmtree(workdir, ignore_errors=True))
-    if mount_target is not None:
-        mount_tmpfs(mount_target)
-        teardown.add(f"unmounted the tmpfs on {mount_target}", lambda: umount(mount_target))
+    tag, workdir = prepare(teardown, mount_target)
 
     a, b = (
         _Peer(

@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -35,8 +32,6 @@ from minivpn.demo.namespaces import (
     build_network,
     create_namespace,
     inside,
-    mount_tmpfs,
-    umount,
 )
 from minivpn.demo.processes import Runner, Teardown
 from minivpn.demo.steps import (
@@ -87,15 +82,10 @@ def run_tap_demo(options: DemoOptions, out: TextIO | None = None) -> int:
 def _run_steps(
     options: DemoOptions, say: Callable[[str], None], teardown: Teardown, mount_target: str | None
 ) -> None:
-    from minivpn.demo.steps import _Peer
+    from minivpn.demo.steps import _Peer, prepare
     from minivpn.wireguard.keys import PrivateKey
 
-    tag = secrets.token_hex(2)
-    workdir = Path(tempfile.mkdtemp(prefix=f"minivpn-demo-{tag}-"))  # mode 0700
-    teardown.add(f"removed {workdir}", lambda: shutil.rmtree(workdir, ignore_errors=True))
-    if mount_target is not None:
-        mount_tmpfs(mount_target)
-        teardown.add(f"unmounted the tmpfs on {mount_target}", lambda: umount(mount_target))
+    tag, workdir = prepare(teardown, mount_target)
 
     a, b = (
         _Peer(
